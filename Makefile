@@ -1,0 +1,64 @@
+# One entry point for everything. `make reproduce` and `make test` build the environment
+# themselves when it is missing; a second call reinstalls nothing (stamp file).
+SHELL    := /bin/bash
+PROFILE  ?= cpu
+VENV     := .venv
+PY       := $(VENV)/bin/python
+KERNEL   := kl-study
+STAMP    := $(VENV)/.installed-stamp
+PROFILES := $(basename $(notdir $(wildcard profiles/*.yaml)))
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+SCRATCH  := results/$(PROFILE)/scratch
+
+.PHONY: env reproduce test unit nbval lab bench clean-env check-profile help
+
+help:
+	@echo "make reproduce [PROFILE=$(PROFILES)]   run every notebook in order (default: cpu)"
+	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
+	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
+	@echo "make bench                              speed benchmarks (ratios measured side by side)"
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (kl-study)" >/dev/null
+	@touch $(STAMP)
+
+check-profile:
+	@if [ ! -f profiles/$(PROFILE).yaml ]; then \
+	  echo "error: unknown profile '$(PROFILE)'; valid profiles: $(PROFILES)" >&2; exit 2; fi
+
+# Executed notebooks go to a scratch folder; they replace the committed ones only when the
+# whole sequence succeeded and the profile is cpu (the committed notebooks show cpu outputs).
+reproduce: check-profile $(STAMP)
+	@rm -rf $(SCRATCH) && mkdir -p $(SCRATCH)
+	@set -e; start=$$(date +%s); for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb (profile $(PROFILE))"; \
+	  TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 KL_PROFILE=$(PROFILE) \
+	  $(VENV)/bin/papermill "$$nb" "$(SCRATCH)/$$(basename $$nb)" \
+	    -f profiles/$(PROFILE).yaml -k $(KERNEL) --cwd notebooks --log-output --log-level WARNING; \
+	done; echo "reproduce ($(PROFILE)) finished in $$(( $$(date +%s) - start )) s"
+	@if [ "$(PROFILE)" = cpu ]; then $(PY) -m kl_utils.notebooks publish $(SCRATCH) notebooks; fi
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+nbval: $(STAMP)
+	KL_PROFILE=smoke TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 \
+	  $(PY) -m pytest -q --nbval-lax --nbval-kernel-name $(KERNEL) -p no:cacheprovider $(NOTEBOOKS)
+
+test: $(STAMP)
+	@start=$$(date +%s); $(MAKE) --no-print-directory unit && $(MAKE) --no-print-directory nbval; \
+	rc=$$?; echo "make test finished in $$(( $$(date +%s) - start )) s"; exit $$rc
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --MappingKernelManager.default_kernel_name=$(KERNEL)
+
+bench: $(STAMP)
+	$(PY) -m kl_utils.bench
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,134 @@
+"""The study's data: people with biographies and QA pairs as a `datasets.Dataset`, saved next
+to the tokenizer; and the encodings used for training (documents for CPT, QA pairs for IT)."""
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import datasets
+
+from kl_utils import bios
+
+# Chat-free QA format, shared by instruction tuning and evaluation. The answer ends at EOS;
+# generation also stops at a newline (the same stopping rule for every arm).
+QA_PROMPT = "Question: {question}\nAnswer:"
+QA_ANSWER = " {answer}"
+
+
+def build_people(cfg: dict) -> datasets.Dataset:
+    """The whole population of a profile, from its `data` config. Byte-identical for one seed.
+
+    population "base": a separate set of people for pre-training the base model (stage 0);
+    population "new": the new knowledge, one biography each for CPT, split into train (its QA
+    is used for instruction tuning), valid (tuning) and test (held-out QA, the primary metric).
+    """
+    seed = cfg["seed"]
+    train_pool, heldout_pool = bios.split_templates(cfg["n_train_templates"])
+    n_base, n_new = cfg.get("n_base", 0), cfg["n_new"]
+    people = bios.generate_people(n_base + n_new, seed)
+    splits = ["base"] * n_base + bios.assign_splits(n_new, cfg["splits"], seed + 1)
+    rng = random.Random(seed + 2)
+    rows = []
+    for i, (person, split) in enumerate(zip(people, splits)):
+        # Paraphrases: independent renderings with training-pool templates; the first one is the
+        # person's single CPT document. Base people see all of them (with permuted order).
+        n_para = cfg["base_paraphrases"] if split == "base" else cfg["new_paraphrases"]
+        docs, spans = [], []
+        for j in range(n_para):
+            text, span = bios.render_biography(
+                person, rng, train_pool, permute=(j > 0 and cfg.get("permute_paraphrases", True)),
+                name_every_sentence=cfg.get("name_every_sentence", False))
+            docs.append(text)
+            spans.append([list(span[a]) for a in bios.ATTRIBUTES])
+        # The C1 probe: each fact in a held-out-template sentence with the full name.
+        heldout = [bios.render_biography({**person}, rng, {a: heldout_pool[a] for a in bios.ATTRIBUTES},
+                                         name_every_sentence=True)[0]]
+        rows.append({
+            "person_id": i, "population": "base" if split == "base" else "new", "split": split,
+            **{k: person[k] for k in ("name", "gender", *bios.ATTRIBUTES)},
+            "bios": docs, "fact_spans": spans, "heldout_bio": heldout[0],
+            "qa": bios.qa_pairs(person),
+        })
+    ds = datasets.Dataset.from_list(rows)
+    check_disjoint(ds)
+    return ds
+
+
+def check_disjoint(ds: datasets.Dataset) -> None:
+    """Train / valid / test / base people must not share names or questions (raises otherwise)."""
+    seen_names, seen_q = {}, {}
+    for row in ds:
+        for key, store in ((row["name"], seen_names),):
+            if key in store and store[key] != row["split"]:
+                raise ValueError(f"person {key!r} is in splits {store[key]!r} and {row['split']!r}")
+            if key in store:
+                raise ValueError(f"duplicate person {key!r} in split {row['split']!r}")
+            store[key] = row["split"]
+        for qa in row["qa"]:
+            q = qa["question"]
+            if q in seen_q and seen_q[q] != row["split"]:
+                raise ValueError(f"question {q!r} is in splits {seen_q[q]!r} and {row['split']!r}")
+            seen_q[q] = row["split"]
+
+
+def save_dataset(ds: datasets.Dataset, path: Path) -> None:
+    """Atomic save: written to a temporary folder and renamed, so a crash leaves no partial data."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    try:
+        ds.save_to_disk(str(tmp / "ds"))
+        ds.to_json(str(tmp / "ds" / "people.jsonl"), lines=True)
+        if path.exists():
+            shutil.rmtree(path)
+        (tmp / "ds").rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_people(path: Path) -> datasets.Dataset:
+    return datasets.load_from_disk(str(path))
+
+
+def documents(ds: datasets.Dataset, split=None, population=None, n_paraphrases: int = 1) -> list[str]:
+    """CPT documents: the first n_paraphrases biographies of each selected person."""
+    out = []
+    for row in ds:
+        if (split is None or row["split"] in _as_set(split)) and (population is None or row["population"] == population):
+            out.extend(row["bios"][:n_paraphrases])
+    return out
+
+
+def qa_examples(ds: datasets.Dataset, split) -> list[dict]:
+    return [dict(qa, name=row["name"], split=row["split"])
+            for row in ds if row["split"] in _as_set(split) for qa in row["qa"]]
+
+
+def _as_set(x):
+    return {x} if isinstance(x, str) else set(x)
+
+
+def encode_documents(texts: list[str], tokenizer) -> list[dict]:
+    """Next-token prediction on every token of the document (BOS + text + EOS)."""
+    out = []
+    for text in texts:
+        ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append({"input_ids": ids, "labels": list(ids)})
+    return out
+
+
+def encode_qa(examples: list[dict], tokenizer) -> list[dict]:
+    """Instruction tuning: loss on the answer tokens (and the closing EOS) only."""
+    out = []
+    for ex in examples:
+        prompt = [tokenizer.bos_token_id] + tokenizer(QA_PROMPT.format(**ex), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(QA_ANSWER.format(**ex), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
+    return out
+
+
+def encode_prompts(examples: list[dict], tokenizer) -> list[list[int]]:
+    return [[tokenizer.bos_token_id] + tokenizer(QA_PROMPT.format(**ex), add_special_tokens=False)["input_ids"]
+            for ex in examples]

@@ -1,0 +1,87 @@
+"""QA evaluation: batched greedy decoding (KV cache, left padding) and exact match after
+SQuAD-style normalization. Stopping rule, the same for every arm: an answer ends at EOS or at
+the first newline, whichever comes first (or after max_new_tokens)."""
+from __future__ import annotations
+
+import re
+import string
+from collections import defaultdict
+
+import torch
+
+from kl_utils.data import encode_prompts
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalization: lowercase, drop punctuation and articles, collapse whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, gold: str) -> bool:
+    return normalize_answer(prediction) == normalize_answer(gold)
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = sum(min(pred.count(t), ref.count(t)) for t in set(pred) & set(ref))
+    if not pred or not ref:
+        return float(pred == ref)
+    if common == 0:
+        return 0.0
+    p, r = common / len(pred), common / len(ref)
+    return 2 * p * r / (p + r)
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.eos_token_id]
+    newline = tokenizer.convert_tokens_to_ids("\n")
+    if newline is not None and newline != tokenizer.unk_token_id:
+        ids.append(newline)
+    return ids
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, examples: list[dict], *, batch_size: int = 128,
+                     max_new_tokens: int = 16) -> list[str]:
+    """Greedy answers to QA_PROMPT-formatted questions, batched with left padding."""
+    model.eval()
+    device = next(model.parameters()).device
+    prompts = encode_prompts(examples, tokenizer)
+    stops = stop_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id
+    answers = [None] * len(prompts)
+    # Sort by length so batches carry little padding; restore order at the end.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad)
+        for row, i in enumerate(idx):
+            new = out[row, width:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in stops), len(new))
+            answers[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+    return answers
+
+
+def evaluate_qa(model, tokenizer, examples: list[dict], **kwargs) -> dict:
+    """Exact match (and token F1) overall and per attribute; keeps the predictions."""
+    if not examples:
+        raise ValueError("evaluate_qa: no QA examples")
+    preds = generate_answers(model, tokenizer, examples, **kwargs)
+    hits = [exact_match(p, ex["answer"]) for p, ex in zip(preds, examples)]
+    per_attr = defaultdict(list)
+    for hit, ex in zip(hits, examples):
+        per_attr[ex.get("attribute", "all")].append(hit)
+    return {"em": sum(hits) / len(hits), "n": len(hits),
+            "f1": sum(token_f1(p, ex["answer"]) for p, ex in zip(preds, examples)) / len(hits),
+            "em_per_attribute": {a: sum(v) / len(v) for a, v in sorted(per_attr.items())},
+            "predictions": preds}

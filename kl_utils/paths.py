@@ -1,0 +1,29 @@
+"""Every path resolved from the project root, never from the working directory (papermill runs in
+the caller's directory, nbval in the notebook's)."""
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES_DIR = ROOT / "profiles"
+BIOS_FIELDS_DIR = Path(__file__).resolve().parent / "data" / "bios_fields"
+
+
+def results_dir(profile: str) -> Path:
+    return ROOT / "results" / profile
+
+
+def runs_dir(profile: str) -> Path:
+    return results_dir(profile) / "runs"
+
+
+def data_dir(profile: str) -> Path:
+    """Generated data and tokenizer (not committed: rebuilt byte-identically from the seed)."""
+    return results_dir(profile) / "data"
+
+
+def cache_dir(profile: str) -> Path:
+    """Cached model checkpoints (e.g. the base model, keyed by config hash)."""
+    return results_dir(profile) / "cache"
+
+
+def figures_dir(profile: str) -> Path:
+    return ROOT / "figures" / profile

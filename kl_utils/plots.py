@@ -1,0 +1,30 @@
+"""One figure style for the whole study: seaborn, colour-blind-safe palette, PNG + PDF under
+figures/<profile>/."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "nbagg", "ipympl")) else None
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from kl_utils.paths import figures_dir  # noqa: E402
+
+PALETTE = "colorblind"
+
+
+def set_style() -> None:
+    sns.set_theme(style="whitegrid", palette=PALETTE, context="notebook")
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
+
+
+def savefig(fig, profile: str, name: str) -> list[str]:
+    """Save as PNG and PDF under figures/<profile>/; returns the paths relative to the project root."""
+    out = figures_dir(profile)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out / f"{name}.{ext}"
+        fig.savefig(path)
+        paths.append(str(path.relative_to(out.parents[1])))
+    return paths
