@@ -72,16 +72,28 @@ def generate_answers(model, tokenizer, examples: list[dict], *, batch_size: int 
     return answers
 
 
+def as_decoded(tokenizer, text: str) -> str:
+    """The gold answer as the model would write it: encoded and decoded by the same tokenizer.
+
+    A word-level tokenizer drops single spaces, so decoding cannot restore "McDonald's" or
+    "Winston-Salem" exactly ("McDonald ' s"); SQuAD normalization would then turn a perfectly
+    predicted token sequence into a mismatch. Comparing against the round-tripped gold makes exact
+    match equal to token-level exact match; for byte-level BPE tokenizers the round trip is the
+    identity."""
+    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True).strip()
+
+
 def evaluate_qa(model, tokenizer, examples: list[dict], **kwargs) -> dict:
     """Exact match (and token F1) overall and per attribute; keeps the predictions."""
     if not examples:
         raise ValueError("evaluate_qa: no QA examples")
     preds = generate_answers(model, tokenizer, examples, **kwargs)
-    hits = [exact_match(p, ex["answer"]) for p, ex in zip(preds, examples)]
+    golds = [as_decoded(tokenizer, ex["answer"]) for ex in examples]
+    hits = [exact_match(p, g) for p, g in zip(preds, golds)]
     per_attr = defaultdict(list)
     for hit, ex in zip(hits, examples):
         per_attr[ex.get("attribute", "all")].append(hit)
     return {"em": sum(hits) / len(hits), "n": len(hits),
-            "f1": sum(token_f1(p, ex["answer"]) for p, ex in zip(preds, examples)) / len(hits),
+            "f1": sum(token_f1(p, g) for p, g in zip(preds, golds)) / len(hits),
             "em_per_attribute": {a: sum(v) / len(v) for a, v in sorted(per_attr.items())},
             "predictions": preds}

@@ -101,6 +101,8 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> bool:
         """w <- w + e. Returns False (and does not move w) if ||g|| is zero or non-finite."""
+        if self._perturbed:
+            raise RuntimeError("first_step called twice without second_step")
         norm = self._grad_norm(scaled=True)
         if not bool(torch.isfinite(norm) & (norm > 0)):  # the one host sync of this step
             warnings.warn(f"SAM: gradient norm is {norm.item()}; perturbation skipped", RuntimeWarning)

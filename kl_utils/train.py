@@ -124,7 +124,8 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
     model.train()
     history = {"step": [], "loss": [], "lr": [], "epochs": []}
     step, epoch = 0, 0
-    bar = tqdm(total=n_steps, desc=desc, mininterval=1.0, disable=not accelerator.is_local_main_process or None)
+    # Bars honour TQDM_DISABLE / TQDM_MININTERVAL (set by `make reproduce` to keep notebooks small).
+    bar = tqdm(total=n_steps, desc=desc, **({} if accelerator.is_local_main_process else {"disable": True}))
     while step < n_steps:
         epoch += 1
         pending = []

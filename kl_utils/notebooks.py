@@ -1,0 +1,38 @@
+"""Notebook housekeeping for `make reproduce`.
+
+    python -m kl_utils.notebooks publish SCRATCH_DIR notebooks/
+
+copies the executed notebooks over the committed ones, without papermill's injected-parameters
+cell (so a notebook opened in JupyterLab runs with its own defaults, and nbval keeps running
+the smoke profile through KL_PROFILE). Called only after every notebook of the cpu profile ran.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+
+def strip_injected(nb):
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    return nb
+
+
+def publish(scratch: Path, dest: Path) -> list[Path]:
+    written = []
+    for src in sorted(Path(scratch).glob("*.ipynb")):
+        nb = strip_injected(nbformat.read(src, as_version=4))
+        target = Path(dest) / src.name
+        tmp = target.with_suffix(".ipynb.tmp")
+        nbformat.write(nb, tmp)
+        tmp.replace(target)
+        written.append(target)
+    return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "publish":
+        sys.exit("usage: python -m kl_utils.notebooks publish SCRATCH_DIR DEST_DIR")
+    for path in publish(Path(sys.argv[2]), Path(sys.argv[3])):
+        print(f"published {path}")

@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
+
+
+@pytest.fixture
+def shared_dir():
+    """../shared beside the clone (CI has it; a user's clone does not: skip cleanly)."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present beside this clone")
+    return SHARED
+
+
+TINY_DATA = {"seed": 3, "n_base": 20, "n_new": 20, "splits": {"train": 0.5, "valid": 0.1, "test": 0.4},
+             "n_train_templates": 5, "base_paraphrases": 2, "new_paraphrases": 3,
+             "permute_paraphrases": True, "name_every_sentence": False}

@@ -1,0 +1,44 @@
+import pytest
+import yaml
+
+from kl_utils import config
+from kl_utils.paths import PROFILES_DIR
+
+REQUIRED = ("data", "model", "base", "cpt", "it", "eval", "seeds")
+
+
+def test_profiles_exist_and_are_complete():
+    names = config.available_profiles()
+    assert {"smoke", "cpu"} <= set(names)
+    for name in names:
+        doc = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
+        assert doc["profile"] == name
+        for key in REQUIRED:
+            assert key in doc["config"], f"{name}.yaml lacks config.{key}"
+
+
+def test_unknown_profile_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown profile 'bogus'.*cpu.*smoke"):
+        config.resolve_profile("bogus")
+
+
+def test_env_var_chooses_profile_when_nothing_injected(monkeypatch):
+    monkeypatch.setenv("KL_PROFILE", "smoke")
+    name, cfg = config.load_config(None, None)
+    assert name == "smoke" and cfg == config.read_profile("smoke")
+    monkeypatch.delenv("KL_PROFILE")
+    assert config.load_config(None, None)[0] == "cpu"
+
+
+def test_injected_config_wins_and_is_copied():
+    injected = {"data": {"seed": 9}}
+    name, cfg = config.load_config("smoke", injected)
+    assert name == "smoke" and cfg == injected and cfg is not injected
+
+
+def test_merge_and_hash():
+    a = {"x": {"y": 1, "z": 2}, "w": 3}
+    m = config.merge(a, {"x": {"y": 5}})
+    assert m == {"x": {"y": 5, "z": 2}, "w": 3} and a["x"]["y"] == 1
+    assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
+    assert config.config_hash({"a": 1}) != config.config_hash({"a": 2})
