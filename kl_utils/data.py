@@ -123,7 +123,9 @@ def encode_qa(examples: list[dict], tokenizer) -> list[dict]:
     """Instruction tuning: loss on the answer tokens (and the closing EOS) only."""
     out = []
     for ex in examples:
-        prompt = [tokenizer.bos_token_id] + tokenizer(QA_PROMPT.format(**ex), add_special_tokens=False)["input_ids"]
+        # an augmented example carries its own (formatted) prompt; the answer is never formatted
+        text = ex.get("prompt") or QA_PROMPT.format(**ex)
+        prompt = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
         answer = tokenizer(QA_ANSWER.format(**ex), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         out.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
     return out

@@ -119,6 +119,48 @@ def base_model(profile: str, cfg: dict, ds, tok, log=print):
     return model, record
 
 
+def _aug_seed(seed: int, *keys: int) -> int:
+    """A distinct, reproducible augmentation seed per (run seed, person, document)."""
+    out = seed
+    for k in keys:
+        out = out * 1_000_003 + k
+    return out
+
+
+def cpt_documents(people, cpt_cfg: dict, seed: int) -> list[str]:
+    """CPT documents of the given people: `paraphrases` biographies each (default 1), plus, when
+    `augmentation: {k, families}` is set, k formatted copies of each document. The facts (and the
+    name) are protected, so every answer stays verbatim in every copy (kl_utils.augment)."""
+    from kl_utils import augment
+    aug = cpt_cfg.get("augmentation") or {}
+    k = aug.get("k", 0)
+    docs = []
+    for row in people:
+        protect = [row["name"]] + [row[a] for a in bios.ATTRIBUTES]
+        for j, doc in enumerate(row["bios"][:cpt_cfg.get("paraphrases", 1)]):
+            docs.append(doc)
+            if k:
+                docs += augment.format_variants(doc, k, _aug_seed(seed, row["person_id"], j),
+                                                families=aug.get("families"), protect=protect)
+    return docs
+
+
+def it_examples(people_ds, split, it_cfg: dict, seed: int) -> list[dict]:
+    """IT QA pairs of a split, plus k formatted versions of each question when `augmentation` is
+    set (the answer string is never touched)."""
+    from kl_utils import augment
+    aug = it_cfg.get("augmentation") or {}
+    k = aug.get("k", 0)
+    out = []
+    for i, ex in enumerate(data.qa_examples(people_ds, split)):
+        out.append(ex)
+        if k:
+            for prompt, answer in augment.format_qa_variants(ex["question"], ex["answer"], k, _aug_seed(seed, i),
+                                                             families=aug.get("families"), protect=[ex["name"]]):
+                out.append(dict(ex, prompt=prompt, answer=answer))
+    return out
+
+
 def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print) -> dict:
     """One arm and seed of the main protocol: (base model) -> CPT on the documents of every new
     person -> IT on the QA pairs of the train split -> exact match on train / valid / test.
@@ -135,15 +177,15 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
     else:
         model, base_record = build_model(cfg["model"], tok, seed=seed), None
     new = ds.filter(lambda r: r["population"] == "new")
-    docs = data.documents(new, n_paraphrases=arm_cfg["cpt"].get("paraphrases", 1))
+    docs = cpt_documents(new, arm_cfg["cpt"], seed)
     cpt_hist = train(model, data.encode_documents(docs, tok), arm_cfg["cpt"], seed=seed,
                      pad_id=tok.pad_token_id, desc=f"{arm} s{seed} CPT")
     after_cpt = {"test_em_before_it": _eval(model, tok, ds, "test", cfg)["em"]}
-    it_examples = data.encode_qa(data.qa_examples(ds, "train"), tok)
+    it_encoded = data.encode_qa(it_examples(ds, "train", arm_cfg["it"], seed), tok)
 
     def after_epoch(epoch, m):
         return {"train_em": _eval(m, tok, ds, "train", cfg)["em"], "test_em": _eval(m, tok, ds, "test", cfg)["em"]}
-    it_hist = train(model, it_examples, arm_cfg["it"], seed=seed, pad_id=tok.pad_token_id,
+    it_hist = train(model, it_encoded, arm_cfg["it"], seed=seed, pad_id=tok.pad_token_id,
                     desc=f"{arm} s{seed} IT", callback=after_epoch if cfg["eval"].get("per_epoch") else None)
     metrics = {**after_cpt}
     for split in ("train", "valid", "test"):
@@ -152,6 +194,8 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
         metrics[f"{split}_em_per_attribute"] = res["em_per_attribute"]
     wall = time.time() - t0
     extra = {"arm": arm, "base_run_id": base_record["run_id"] if base_record else None,
+             "n_cpt_documents": len(docs), "n_it_examples": len(it_encoded),
+             "optimizer_steps": {"cpt": len(cpt_hist["step"]), "it": len(it_hist["step"])},
              "history": {"cpt": _history_summary(cpt_hist), "it": _history_summary(it_hist)}}
     records.write_run_record(profile, run_id, kind="arm", config=spec, seed=seed, metrics=metrics,
                              wall_time_s=wall, extra=extra)

@@ -1,0 +1,70 @@
+"""The whole protocol end to end at toy size: data -> base model -> CPT -> IT -> EM -> record."""
+import json
+
+import pytest
+
+from kl_utils import bios, experiment, paths, records
+from kl_utils.config import read_profile
+from tests.conftest import TINY_DATA
+
+
+@pytest.fixture
+def tiny_cfg(monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "ROOT", tmp_path)  # results, caches and records go to tmp_path
+    cfg = read_profile("smoke")
+    cfg["data"] = dict(TINY_DATA)
+    cfg["seeds"] = [0]
+    for stage in ("base", "cpt", "it"):
+        cfg[stage] = {**cfg[stage], "epochs": 1}
+    return cfg
+
+
+def test_pipeline_writes_records_and_caches_base(tiny_cfg, tmp_path):
+    ds, tok, root = experiment.prepare_data("toy", tiny_cfg)
+    assert (root / "people" / "people.jsonl").exists() and (root / "tokenizer").exists()
+    out = experiment.run_arm("toy", tiny_cfg, ds, tok, arm="baseline", seed=0, log=lambda *a: None)
+    recs = records.load_run_records("toy")
+    assert {r["kind"] for r in recs} == {"base", "arm"}
+    arm = next(r for r in recs if r["kind"] == "arm")
+    assert arm["run_id"] == out["run_id"] and arm["seed"] == 0 and arm["config"]["cpt"] == tiny_cfg["cpt"]
+    for key in ("train_em", "valid_em", "test_em", "test_em_before_it"):
+        assert 0.0 <= arm["metrics"][key] <= 1.0
+    assert arm["n_cpt_documents"] == 20 and arm["n_it_examples"] == 10 * 6
+    assert arm["env"]["git_commit"] and arm["env"]["packages"]["transformers"]
+    # the base model is cached: a second arm reuses it instead of training again
+    base_dirs = list((tmp_path / "results" / "toy" / "cache").glob("base-*"))
+    assert len(base_dirs) == 1
+    mtime = (base_dirs[0] / "model.safetensors").stat().st_mtime
+    experiment.run_arm("toy", tiny_cfg, ds, tok, arm="baseline", seed=1, log=lambda *a: None)
+    assert (base_dirs[0] / "model.safetensors").stat().st_mtime == mtime
+    assert len(records.load_run_records("toy", kind="base")) == 1
+
+
+def test_augmented_cpt_documents_keep_every_fact(tiny_cfg):
+    ds, _, _ = experiment.prepare_data("toy", tiny_cfg)
+    new = ds.filter(lambda r: r["population"] == "new")
+    docs = experiment.cpt_documents(new, {"augmentation": {"k": 3}}, seed=0)
+    assert len(docs) == 20 * 4
+    for i, row in enumerate(new):
+        group = docs[4 * i: 4 * i + 4]
+        assert group[0] == row["bios"][0] and len(set(group)) == 4
+        for doc in group:
+            assert all(row[a] in doc for a in bios.ATTRIBUTES) and row["name"] in doc
+    assert docs == experiment.cpt_documents(new, {"augmentation": {"k": 3}}, seed=0)
+    assert docs != experiment.cpt_documents(new, {"augmentation": {"k": 3}}, seed=1)
+    two = experiment.cpt_documents(new, {"paraphrases": 2, "augmentation": {"k": 1, "families": ["bullet_list"]}}, seed=0)
+    assert len(two) == 20 * 4 and all(d.startswith(("- ", "* ", "+ ", "> ")) for d in two[1::2])
+
+
+def test_augmented_it_examples_keep_answers(tiny_cfg):
+    ds, tok, _ = experiment.prepare_data("toy", tiny_cfg)
+    plain = experiment.it_examples(ds, "train", {}, seed=0)
+    aug = experiment.it_examples(ds, "train", {"augmentation": {"k": 2}}, seed=0)
+    assert len(aug) == 3 * len(plain)
+    for i, ex in enumerate(plain):
+        assert all(a["answer"] == ex["answer"] for a in aug[3 * i: 3 * i + 3])
+        assert all(ex["question"].rstrip("?") .split()[-1] in a.get("prompt", a["question"]) for a in aug[3 * i: 3 * i + 3])
+    from kl_utils.data import encode_qa
+    enc = encode_qa(aug, tok)
+    answers = [[t for t, l in zip(e["input_ids"], e["labels"]) if l != -100] for e in enc]
+    assert answers[0] == answers[1] == answers[2]
