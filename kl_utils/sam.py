@@ -37,6 +37,7 @@ Decisions (kept here so callers can read them in one place):
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Callable, Sequence
 
@@ -44,15 +45,17 @@ import torch
 
 __all__ = ["SAM", "sam_update", "check_mixed_precision", "unwrap_optimizer"]
 
+_MIN_NORM = 1e-30  # below this the gradient is numerically zero and rho/norm could overflow fp32
+
 
 class SAM(torch.optim.Optimizer):
     """SAM(params, base_optimizer_cls, rho=0.05, adaptive=False, every_k=1, **base_kwargs).
 
     Shares `param_groups` and `state` with the base optimizer, so LR schedulers built on the
     SAM object drive the base optimizer. `rho`/`adaptive` may be set per param group.
-    Manual use: backward at w; `if opt.first_step(zero_grad=True):` backward at w+e;
-    `opt.second_step(zero_grad=True)`. Or `opt.step(closure)` (davda54 convention: .grad already
-    holds the gradient at w; the closure recomputes loss + backward at the perturbed point).
+    Manual use: backward at w; `if opt.first_step(zero_grad=True):` backward at w+e and
+    `opt.second_step(zero_grad=True)` (if first_step returns False, skip the rest of the update).
+    Or `opt.step(closure)`, or `sam_update(...)` below for a training loop.
     """
 
     def __init__(self, params, base_optimizer_cls, rho: float = 0.05, adaptive: bool = False,
@@ -103,9 +106,9 @@ class SAM(torch.optim.Optimizer):
         """w <- w + e. Returns False (and does not move w) if ||g|| is zero or non-finite."""
         if self._perturbed:
             raise RuntimeError("first_step called twice without second_step")
-        norm = self._grad_norm(scaled=True)
-        if not bool(torch.isfinite(norm) & (norm > 0)):  # the one host sync of this step
-            warnings.warn(f"SAM: gradient norm is {norm.item()}; perturbation skipped", RuntimeWarning)
+        norm = self._grad_norm(scaled=True).item()  # the one host sync of this step
+        if not (math.isfinite(norm) and norm > _MIN_NORM):
+            warnings.warn(f"SAM: gradient norm is {norm}; perturbation skipped", RuntimeWarning)
             if zero_grad:
                 self.zero_grad(set_to_none=True)
             return False
@@ -113,13 +116,12 @@ class SAM(torch.optim.Optimizer):
             ps, gs = self._grads(group)
             if not ps:
                 continue
-            scale = (group["rho"] / norm).to(ps[0].device)
             olds = [self._old[p] if p in self._old else self._old.setdefault(p, torch.empty_like(p))
                     for p in ps]
             torch._foreach_copy_(olds, ps)  # restored by copy, not by subtraction: exact
             if group["adaptive"]:
                 gs = torch._foreach_mul(torch._foreach_mul(ps, ps), gs)  # T_w^2 g with T_w = |w|
-            torch._foreach_add_(ps, torch._foreach_mul(gs, scale))
+            torch._foreach_add_(ps, gs, alpha=group["rho"] / norm)  # fused: no temporary e
             self._perturbed.append((ps, olds))
         if zero_grad:
             self.zero_grad(set_to_none=True)
@@ -155,6 +157,8 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        """davda54 convention: .grad already holds the gradient at w; `closure` recomputes loss +
+        backward at w + e. Returns the closure's loss (None for skipped / plain every_k steps)."""
         if closure is None:
             raise ValueError("SAM.step needs a closure doing forward + backward (or use first_step/"
                              "second_step, or sam_update)")

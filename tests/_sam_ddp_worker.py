@@ -9,6 +9,10 @@ import torch
 
 WORLD, STEPS, N_MICRO, MICRO, SEQ = 2, 4, 2, 2, 10
 RHO, LR, WD, CLIP = 0.1, 1e-2, 0.01, 1.0
+EPS = 1e-4  # AdamW eps. With the default 1e-8, an entry whose |grad| is ~1e-6 (e.g. the embedding
+            # row of a token seen once) turns rounding-level gradient differences into ~1e-5 weight
+            # differences in the first steps; 1e-4 keeps the weight comparison well-conditioned.
+            # (The gradients themselves are compared directly as well.)
 POISONED = (2, 1)  # (step, rank): that rank's pass-1 loss is NaN -> every rank must skip the update
 
 
@@ -41,7 +45,10 @@ def main(out_dir):
     acc = Accelerator(cpu=True)
     assert acc.num_processes == WORLD, acc.num_processes
     model = build_model()
-    opt = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=LR, weight_decay=WD)
+    opt = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=LR, weight_decay=WD, eps=EPS)
+    seen, plist = [], list(model.parameters())  # the gradient each base step receives, per update
+    opt.base_optimizer.register_step_pre_hook(
+        lambda o, a, k: seen.append([p.grad.detach().clone() for p in plist]))
     model, opt = acc.prepare(model, opt)
     assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
     rank, losses = acc.process_index, []
@@ -51,7 +58,7 @@ def main(out_dir):
         losses.append(sam_update(opt, model, rank_batches(step, rank), fn, accelerator=acc,
                                  max_grad_norm=CLIP))
     params = {n: p.detach().clone() for n, p in acc.unwrap_model(model).named_parameters()}
-    torch.save({"params": params, "losses": losses}, f"{out_dir}/rank{rank}.pt")
+    torch.save({"params": params, "losses": losses, "grads": seen}, f"{out_dir}/rank{rank}.pt")
     acc.wait_for_everyone()
     torch.distributed.destroy_process_group()
 

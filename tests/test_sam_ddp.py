@@ -90,11 +90,11 @@ def _perturbed_grad(model, batches, g):
 
 
 def simulate(per_replica=True):
-    """Single process: returns (final params, per-rank pass-1 losses)."""
+    """Single process: returns (final params, per-rank pass-1 losses, gradients of the base steps)."""
     model = W.build_model()
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=W.LR, weight_decay=W.WD)
-    losses = {r: [] for r in range(W.WORLD)}
+    opt = torch.optim.AdamW(params, lr=W.LR, weight_decay=W.WD, eps=W.EPS)
+    losses, applied = {r: [] for r in range(W.WORLD)}, []
     for step in range(W.STEPS):
         data = [W.rank_batches(step, r) for r in range(W.WORLD)]
         local = [_grads(model, data[r], W.loss_fn) for r in range(W.WORLD)]
@@ -112,9 +112,10 @@ def simulate(per_replica=True):
         coef = min(1.0, W.CLIP / (float(total) + 1e-6))
         for p, hi in zip(params, h):
             p.grad = hi * coef
+        applied.append([p.grad.clone() for p in params])
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return {n: p.detach() for n, p in model.named_parameters()}, losses
+    return {n: p.detach() for n, p in model.named_parameters()}, losses, applied
 
 
 def test_ddp_two_processes_match_per_replica_simulation(tmp_path):
@@ -130,10 +131,14 @@ def test_ddp_two_processes_match_per_replica_simulation(tmp_path):
     for n, p in res[0]["params"].items():
         assert torch.equal(p, res[1]["params"][n]), n
 
-    sim, sim_losses = simulate(per_replica=True)
+    sim, sim_losses, sim_grads = simulate(per_replica=True)
+    # the gradient reaching AdamW: mean over replicas of each replica's own perturbed gradient
+    assert len(res[0]["grads"]) == len(sim_grads) == W.STEPS - 1  # the poisoned update was skipped
+    for step, (got, want) in enumerate(zip(res[0]["grads"], sim_grads)):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4, msg=lambda s: f"update {step}: {s}")
     for r in range(W.WORLD):
-        got = [x for x in res[r]["losses"]]
-        for step, (a, b) in enumerate(zip(got, sim_losses[r])):
+        for step, (a, b) in enumerate(zip(res[r]["losses"], sim_losses[r])):
             if step == W.POISONED[0] and r == W.POISONED[1]:
                 assert a != a  # NaN loss reported on the poisoned rank
             else:
@@ -141,8 +146,11 @@ def test_ddp_two_processes_match_per_replica_simulation(tmp_path):
     init = dict(W.build_model().named_parameters())
     for n, p in res[0]["params"].items():
         torch.testing.assert_close(p, sim[n], atol=1e-5, rtol=0, msg=lambda s: f"{n}: {s}")
+    err = max(float((p - sim[n]).abs().max()) for n, p in res[0]["params"].items())
     assert any(not torch.equal(p, init[n]) for n, p in res[0]["params"].items())
 
     # the check is sharp: SAM with one global perturbation gives a measurably different result
-    glob, _ = simulate(per_replica=False)
-    assert max(float((res[0]["params"][n] - glob[n]).abs().max()) for n in glob) > 1e-4
+    glob, _, _ = simulate(per_replica=False)
+    gap = max(float((res[0]["params"][n] - glob[n]).abs().max()) for n in glob)
+    print(f"max |DDP - per-replica sim| = {err:.2e}; max |DDP - global-perturbation sim| = {gap:.2e}")
+    assert gap > 1e-4
