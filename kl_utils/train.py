@@ -27,14 +27,31 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+PRECISIONS = ("no", "bf16")
+
+
 @lru_cache(maxsize=None)
-def get_accelerator(mixed_precision: str = "no"):
-    """One Accelerator per precision and process (accelerate keeps global state)."""
+def get_accelerator():
+    """One Accelerator per process (accelerate keeps global state, so its precision could not
+    change between stages); mixed precision is applied per stage by `autocast_context`."""
     from accelerate import Accelerator
+    return Accelerator()
+
+
+def check_precision(mixed_precision: str) -> None:
     if mixed_precision == "fp16":
         raise ValueError("mixed_precision 'fp16' is not supported (SAM's two passes and a GradScaler "
                          "do not mix); use 'bf16', which needs no loss scaling")
-    return Accelerator(mixed_precision=mixed_precision)
+    if mixed_precision not in PRECISIONS:
+        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; valid: {', '.join(PRECISIONS)}")
+
+
+def autocast_context(mixed_precision: str, device: torch.device):
+    """bf16 autocast for the forward pass (weights and optimizer state stay fp32)."""
+    check_precision(mixed_precision)
+    if mixed_precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def collate(examples: list[dict], pad_id: int) -> dict:
@@ -90,7 +107,10 @@ def make_scheduler(optimizer, cfg: dict, total_steps: int):
 
 
 def steps_per_epoch(n_examples: int, cfg: dict) -> int:
-    return math.ceil(math.ceil(n_examples / cfg["batch_size"]) / cfg.get("grad_accum", 1))
+    """Updates per epoch: micro-batches of batch_size / grad_accum, grouped by grad_accum (the
+    last group of an epoch may be short)."""
+    accum = cfg.get("grad_accum", 1)
+    return math.ceil(math.ceil(n_examples / (cfg["batch_size"] // accum)) / accum)
 
 
 def total_steps(n_examples: int, cfg: dict) -> int:
@@ -110,7 +130,9 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
     if not examples:
         raise ValueError(f"{desc}: no training examples")
     set_seed(seed)
-    accelerator = accelerator or get_accelerator(cfg.get("mixed_precision", "no"))
+    accelerator = accelerator or get_accelerator()
+    precision = cfg.get("mixed_precision", "no")
+    check_precision(precision)
     micro = cfg["batch_size"] // cfg.get("grad_accum", 1)
     if micro * cfg.get("grad_accum", 1) != cfg["batch_size"]:
         raise ValueError(f"{desc}: batch_size {cfg['batch_size']} is not divisible by grad_accum {cfg.get('grad_accum', 1)}")
@@ -128,13 +150,13 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
     bar = tqdm(total=n_steps, desc=desc, **({} if accelerator.is_local_main_process else {"disable": True}))
     while step < n_steps:
         epoch += 1
-        pending = []
-        for batch in loader:
-            pending.append(batch)
-            if len(pending) < cfg.get("grad_accum", 1):
-                continue
-            loss = _update(model, optimizer, pending, cfg, accelerator)
-            pending = []
+        batches = iter(loader)
+        while step < n_steps:
+            # A full group of grad_accum micro-batches, or what is left at the end of the epoch.
+            pending = [b for _, b in zip(range(cfg.get("grad_accum", 1)), batches)]
+            if not pending:
+                break
+            loss = _update(model, optimizer, pending, cfg, accelerator, precision)
             scheduler.step()
             step += 1
             history["step"].append(step)
@@ -142,8 +164,6 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
             history["lr"].append(scheduler.get_last_lr()[0])
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch, refresh=False)
-            if step >= n_steps:
-                break
         if callback is not None and (step >= n_steps or not cfg.get("max_steps")):
             model.eval()
             history["epochs"].append({"epoch": epoch, "step": step, **callback(epoch, accelerator.unwrap_model(model))})
@@ -153,19 +173,22 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
     return history
 
 
-def _update(model, optimizer, micro_batches, cfg, accelerator) -> float:
+def _update(model, optimizer, micro_batches, cfg, accelerator, precision="no") -> float:
     """One optimizer update over the gradient-accumulation micro-batches; returns the mean loss."""
-    from kl_utils import sam as sam_module  # noqa: F401  (imported lazily: only SAM runs need it)
+    def loss_fn(m, batch):
+        with autocast_context(precision, accelerator.device):
+            return lm_loss(m, batch)
     inner = getattr(optimizer, "optimizer", optimizer)
     if hasattr(inner, "first_step"):
-        return sam_module.sam_update(inner, model, micro_batches, lm_loss, accelerator=accelerator,
-                                     max_grad_norm=cfg.get("grad_clip"))
+        from kl_utils.sam import sam_update  # lazily: only SAM runs need it
+        return sam_update(inner, model, micro_batches, loss_fn, accelerator=accelerator,
+                          max_grad_norm=cfg.get("grad_clip"))
     total = 0.0
     for i, batch in enumerate(micro_batches):
         # Only the last micro-batch all-reduces the accumulated gradient (no-op outside DDP).
         ctx = accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext()
         with ctx:
-            loss = lm_loss(model, batch) / len(micro_batches)
+            loss = loss_fn(model, batch) / len(micro_batches)
             accelerator.backward(loss)
         total += loss.item()
     if cfg.get("grad_clip"):

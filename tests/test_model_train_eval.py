@@ -59,7 +59,8 @@ def test_unknown_optimizer_and_fp16_are_clear_errors(tok):
     with pytest.raises(ValueError, match="adamw"):
         train.make_optimizer(model, {"optimizer": "sgd", "lr": 1e-3})
     with pytest.raises(ValueError, match="bf16"):
-        train.get_accelerator("fp16")
+        train.train(model, [{"input_ids": [1, 2], "labels": [1, 2]}], {**TRAIN, "mixed_precision": "fp16"},
+                    seed=0, pad_id=0)
 
 
 def test_weight_decay_skips_norms_and_biases(tok):
@@ -110,7 +111,8 @@ def test_max_steps_budget(tok, people):
     history = train.train(build_model(TINY_MODEL, tok, seed=0), examples, {**TRAIN, "max_steps": 7},
                           seed=0, pad_id=tok.pad_token_id)
     assert history["step"] == list(range(1, 8))
-    assert train.total_steps(40, {"epochs": 3, "batch_size": 8, "grad_accum": 2}) == 9
+    assert train.total_steps(40, {"epochs": 3, "batch_size": 8, "grad_accum": 2}) == 15
+    assert train.total_steps(20, {"epochs": 1, "batch_size": 16, "grad_accum": 2}) == 2  # micro 8: 8+8 | 4
 
 
 @pytest.mark.parametrize("pred,gold,em", [

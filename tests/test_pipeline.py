@@ -68,3 +68,26 @@ def test_augmented_it_examples_keep_answers(tiny_cfg):
     enc = encode_qa(aug, tok)
     answers = [[t for t, l in zip(e["input_ids"], e["labels"]) if l != -100] for e in enc]
     assert answers[0] == answers[1] == answers[2]
+
+
+def test_sam_arm_runs_in_the_pipeline_with_accumulation_and_clipping(tiny_cfg):
+    """optimizer: sam (rho, adaptive from the config) for CPT and IT, with grad accumulation and clipping."""
+    tiny_cfg["arms"] = {"sam": {"cpt": {"optimizer": "sam", "rho": 0.05, "adaptive": False, "grad_accum": 2},
+                                "it": {"optimizer": "sam", "rho": 0.05, "adaptive": True}}}
+    ds, tok, _ = experiment.prepare_data("toy", tiny_cfg)
+    out = experiment.run_arm("toy", tiny_cfg, ds, tok, arm="sam", seed=0, log=lambda *a: None)
+    rec = next(r for r in records.load_run_records("toy", kind="arm") if r["run_id"] == out["run_id"])
+    assert rec["config"]["cpt"]["optimizer"] == "sam" and rec["config"]["it"]["adaptive"] is True
+    assert all(l == l for l in rec["history"]["cpt"]["loss"])  # no NaN
+    assert rec["optimizer_steps"]["cpt"] == 2  # 20 docs, batch 16 split into 2 micro-batches of 8
+
+
+def test_bf16_training_runs(tiny_cfg):
+    from kl_utils import data, train
+    from kl_utils.model import build_model
+    ds, tok, _ = experiment.prepare_data("toy", tiny_cfg)
+    model = build_model(tiny_cfg["model"], tok, seed=0)
+    ex = data.encode_documents(data.documents(ds, split="test"), tok)
+    hist = train.train(model, ex, {**tiny_cfg["cpt"], "max_steps": 2, "optimizer": "sam", "mixed_precision": "bf16"}, seed=0,
+                       pad_id=tok.pad_token_id)
+    assert len(hist["loss"]) == 2 and all(l == l for l in hist["loss"])
