@@ -161,14 +161,21 @@ def it_examples(people_ds, split, it_cfg: dict, seed: int) -> list[dict]:
     return out
 
 
+def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
+    """(the arm's cpt/it settings, everything its result depends on, its run id)."""
+    from kl_utils.config import merge
+    if arm != "baseline" and arm not in cfg.get("arms", {}):
+        raise ValueError(f"unknown arm {arm!r}; defined: baseline, {', '.join(cfg.get('arms', {}))}")
+    arm_cfg = merge({"cpt": cfg["cpt"], "it": cfg["it"]}, cfg.get("arms", {}).get(arm, {}))
+    spec = {"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "eval": cfg["eval"], **arm_cfg}
+    return arm_cfg, spec, f"{arm}-s{seed}-{config_hash(spec)}"
+
+
 def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print) -> dict:
     """One arm and seed of the main protocol: (base model) -> CPT on the documents of every new
     person -> IT on the QA pairs of the train split -> exact match on train / valid / test.
     Writes and returns the run record. `cfg["arms"][arm]` overrides cpt / it settings."""
-    from kl_utils.config import merge
-    arm_cfg = merge({"cpt": cfg["cpt"], "it": cfg["it"]}, cfg.get("arms", {}).get(arm, {}))
-    spec = {"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "eval": cfg["eval"], **arm_cfg}
-    run_id = f"{arm}-s{seed}-{config_hash(spec)}"
+    arm_cfg, spec, run_id = arm_spec(cfg, arm, seed)
     t0 = time.time()
     torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
     if cfg["base"].get("enabled", True):
