@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 from contextlib import nullcontext
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -30,10 +29,10 @@ def set_seed(seed: int) -> None:
 PRECISIONS = ("no", "bf16")
 
 
-@lru_cache(maxsize=None)
 def get_accelerator():
-    """One Accelerator per process (accelerate keeps global state, so its precision could not
-    change between stages); mixed precision is applied per stage by `autocast_context`."""
+    """The process's Accelerator. accelerate keeps its state globally, so a new object shares the
+    existing state (and is rebuilt if something reset it); its precision cannot change between
+    stages, which is why mixed precision is applied per stage by `autocast_context`."""
     from accelerate import Accelerator
     return Accelerator()
 
