@@ -19,3 +19,11 @@ def shared_dir():
 TINY_DATA = {"seed": 3, "n_base": 20, "n_new": 20, "splits": {"train": 0.5, "valid": 0.1, "test": 0.4},
              "n_train_templates": 5, "base_paraphrases": 2, "new_paraphrases": 3,
              "permute_paraphrases": True, "name_every_sentence": False}
+
+# Property-based tests: derandomized by default so CI is reproducible (a failure reproduces
+# exactly); `HYPOTHESIS_PROFILE=explore pytest tests/test_augment.py` searches new examples.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("default", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=2000, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
