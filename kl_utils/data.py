@@ -58,19 +58,17 @@ def build_people(cfg: dict) -> datasets.Dataset:
 
 def check_disjoint(ds: datasets.Dataset) -> None:
     """Train / valid / test / base people must not share names or questions (raises otherwise)."""
-    seen_names, seen_q = {}, {}
+    split_of_name, split_of_question = {}, {}
     for row in ds:
-        for key, store in ((row["name"], seen_names),):
-            if key in store and store[key] != row["split"]:
-                raise ValueError(f"person {key!r} is in splits {store[key]!r} and {row['split']!r}")
-            if key in store:
-                raise ValueError(f"duplicate person {key!r} in split {row['split']!r}")
-            store[key] = row["split"]
+        name, split = row["name"], row["split"]
+        if name in split_of_name:
+            where = "twice in split" if split_of_name[name] == split else f"in splits {split_of_name[name]!r} and"
+            raise ValueError(f"person {name!r} appears {where} {split!r}")
+        split_of_name[name] = split
         for qa in row["qa"]:
             q = qa["question"]
-            if q in seen_q and seen_q[q] != row["split"]:
-                raise ValueError(f"question {q!r} is in splits {seen_q[q]!r} and {row['split']!r}")
-            seen_q[q] = row["split"]
+            if split_of_question.setdefault(q, split) != split:
+                raise ValueError(f"question {q!r} is in splits {split_of_question[q]!r} and {split!r}")
 
 
 def save_dataset(ds: datasets.Dataset, path: Path) -> None:
