@@ -2,13 +2,10 @@
 figures/<profile>/."""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves; notebooks keep inline
+import seaborn as sns
 
-matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "nbagg", "ipympl")) else None
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from kl_utils.paths import figures_dir  # noqa: E402
+from kl_utils.paths import figures_dir
 
 PALETTE = "colorblind"
 
