@@ -42,7 +42,7 @@ def prepare_data(profile: str, cfg: dict, force: bool = False):
     root = data_dir(profile) / f"people-{key}"
     if force or not (root / "people").exists() or not (root / "tokenizer").exists():
         ds = data.build_people(cfg["data"])
-        tok = build_word_tokenizer(vocabulary_texts())
+        tok = make_tokenizer(cfg)
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tokenizer-"))
         tok.save_pretrained(str(tmp))
@@ -52,6 +52,22 @@ def prepare_data(profile: str, cfg: dict, force: bool = False):
     ds = data.load_people(root / "people")
     data.check_disjoint(ds)
     return ds, load_tokenizer(root / "tokenizer"), root
+
+
+def make_tokenizer(cfg: dict):
+    """The profile's tokenizer: word-level over the synthetic vocabulary (miniature profiles).
+    Hook for pretrained models (paper profile): their own tokenizer."""
+    return build_word_tokenizer(vocabulary_texts())
+
+
+def initial_model(profile: str, cfg: dict, ds, tok, seed: int, log=print):
+    """The model CPT starts from, and the record of where it came from (None when from scratch).
+    Miniature: a copy of the cached base model, or a random init when base is disabled.
+    Hook for pretrained models (paper profile)."""
+    if cfg["base"].get("enabled", True):
+        model, base_record = base_model(profile, cfg, ds, tok, log=log)
+        return copy.deepcopy(model), base_record
+    return build_model(cfg["model"], tok, seed=seed), None
 
 
 def split_summary(ds) -> dict:
@@ -127,6 +143,14 @@ def _aug_seed(seed: int, *keys: int) -> int:
     return out
 
 
+def protected_strings(row: dict) -> list[str]:
+    """What augmentation must never touch in a row's documents: a person's name and attribute
+    values (biographies), or the answers of its QA pairs (any document dataset)."""
+    if all(a in row for a in bios.ATTRIBUTES):
+        return [row["name"]] + [row[a] for a in bios.ATTRIBUTES]
+    return [qa["answer"] for qa in row["qa"]]
+
+
 def cpt_documents(people, cpt_cfg: dict, seed: int) -> list[str]:
     """CPT documents of the given people: `paraphrases` biographies each (default 1), plus, when
     `augmentation: {k, families}` is set, k formatted copies of each document. The facts (and the
@@ -136,7 +160,7 @@ def cpt_documents(people, cpt_cfg: dict, seed: int) -> list[str]:
     k = aug.get("k", 0)
     docs = []
     for row in people:
-        protect = [row["name"]] + [row[a] for a in bios.ATTRIBUTES]
+        protect = protected_strings(row)
         for j, doc in enumerate(row["bios"][:cpt_cfg.get("paraphrases", 1)]):
             docs.append(doc)
             if k:
@@ -178,11 +202,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
     arm_cfg, spec, run_id = arm_spec(cfg, arm, seed)
     t0 = time.time()
     torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
-    if cfg["base"].get("enabled", True):
-        model, base_record = base_model(profile, cfg, ds, tok, log=log)
-        model = copy.deepcopy(model)
-    else:
-        model, base_record = build_model(cfg["model"], tok, seed=seed), None
+    model, base_record = initial_model(profile, cfg, ds, tok, seed, log=log)
     new = ds.filter(lambda r: r["population"] == "new")
     docs = cpt_documents(new, arm_cfg["cpt"], seed)
     cpt_hist = train(model, data.encode_documents(docs, tok), arm_cfg["cpt"], seed=seed,
