@@ -62,3 +62,9 @@ bench: $(STAMP)
 
 clean-env:
 	rm -rf $(VENV)
+
+# GPU check of the paper profile: a few hundred CPT updates of its model and settings on random
+# tokens; prints tokens/s, model FLOPs utilization and peak memory (GPU_CHECK_ARGS: e.g. --steps 300).
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) -m kl_utils.paper gpu-check --profile $(if $(filter cpu,$(PROFILE)),paper,$(PROFILE)) $(GPU_CHECK_ARGS)

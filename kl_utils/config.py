@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import yaml
 
@@ -23,28 +24,43 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
+def _profile_file(name: str):
+    """A profile given as a path to a YAML file (your own profile), or None."""
+    return Path(name) if name.endswith((".yaml", ".yml")) and Path(name).is_file() else None
+
+
 def resolve_profile(profile: str | None) -> str:
+    """The profile's name: a name under profiles/, or the `profile:` of a YAML file given by path."""
     name = profile or os.environ.get("KL_PROFILE") or DEFAULT_PROFILE
+    if _profile_file(name):
+        return _read(_profile_file(name))[0]
     valid = available_profiles()
     if name not in valid:
-        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(valid)}")
+        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(valid)} (or a path to a .yaml file)")
     return name
 
 
-def read_profile(name: str) -> dict:
-    path = PROFILES_DIR / f"{resolve_profile(name)}.yaml"
+def _read(path: Path, expect: str | None = None) -> tuple[str, dict]:
     with open(path) as f:
         doc = yaml.safe_load(f)
-    if not isinstance(doc, dict) or "config" not in doc or doc.get("profile") != name:
-        raise ValueError(f"{path}: expected top-level keys 'profile: {name}' and 'config:'")
-    return doc["config"]
+    if not isinstance(doc, dict) or "config" not in doc or not isinstance(doc.get("profile"), str) \
+            or (expect is not None and doc["profile"] != expect):
+        raise ValueError(f"{path}: expected top-level keys 'profile: {expect or '<name>'}' and 'config:'")
+    return doc["profile"], doc["config"]
+
+
+def read_profile(name: str) -> dict:
+    if _profile_file(name):
+        return _read(_profile_file(name))[1]
+    return _read(PROFILES_DIR / f"{resolve_profile(name)}.yaml", expect=name)[1]
 
 
 def load_config(profile: str | None = None, config: dict | None = None) -> tuple[str, dict]:
-    """Return (profile name, config). `config` is what papermill injected (or None)."""
-    name = resolve_profile(profile)
+    """Return (profile name, config). `config` is what papermill injected (or None). `profile`
+    may also be a path to a profile YAML file."""
+    name = profile or os.environ.get("KL_PROFILE") or DEFAULT_PROFILE
     cfg = copy.deepcopy(config) if config is not None else read_profile(name)
-    return name, cfg
+    return resolve_profile(name), cfg
 
 
 def merge(base: dict, override: dict | None) -> dict:

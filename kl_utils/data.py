@@ -132,3 +132,4 @@ def encode_qa(examples: list[dict], tokenizer) -> list[dict]:
 def encode_prompts(examples: list[dict], tokenizer) -> list[list[int]]:
     return [[tokenizer.bos_token_id] + tokenizer(QA_PROMPT.format(**ex), add_special_tokens=False)["input_ids"]
             for ex in examples]
+from kl_utils.documents import load_documents  # noqa: E402

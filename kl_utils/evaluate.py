@@ -36,10 +36,13 @@ def token_f1(prediction: str, gold: str) -> float:
 
 
 def stop_token_ids(tokenizer) -> list[int]:
+    """EOS, and the newline token when "\n" is one token (it is spelled "\n", "Ċ" or "<0x0A>"
+    depending on the tokenizer, so it is looked up by encoding, not by name). BPE merges of a
+    newline with other characters are caught by cutting the decoded answer at "\n"."""
     ids = [tokenizer.eos_token_id]
-    newline = tokenizer.convert_tokens_to_ids("\n")
-    if newline is not None and newline != tokenizer.unk_token_id:
-        ids.append(newline)
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if len(newline) == 1 and newline[0] != tokenizer.unk_token_id:
+        ids.append(newline[0])
     return ids
 
 
@@ -68,7 +71,7 @@ def generate_answers(model, tokenizer, examples: list[dict], *, batch_size: int 
         for row, i in enumerate(idx):
             new = out[row, width:].tolist()
             cut = next((k for k, t in enumerate(new) if t in stops), len(new))
-            answers[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+            answers[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).split("\n")[0].strip()
     return answers
 
 

@@ -37,11 +37,23 @@ def vocabulary_texts() -> list[str]:
 
 
 def prepare_data(profile: str, cfg: dict, force: bool = False):
-    """Build (or reuse) the people dataset and the tokenizer of a profile. Returns (ds, tokenizer, path)."""
-    key = config_hash(cfg["data"])
-    root = data_dir(profile) / f"people-{key}"
+    """Build (or reuse) the dataset and the tokenizer of a profile. Returns (ds, tokenizer, path).
+    The dataset is the synthetic people, or, when `data.documents` names a file, folder or hub id,
+    real documents with QA pairs (kl_utils.documents) in the same row schema."""
+    from kl_utils import documents
+    source = documents.resolve_source(cfg["data"].get("documents"))
+    pretrained = cfg["model"].get("pretrained")
+    # The old key (data config only) is kept for the miniature profiles, so their caches stay valid.
+    key = config_hash(cfg["data"]) if not (source or pretrained) else config_hash(
+        {"data": cfg["data"], "tokenizer": pretrained, "source": documents.fingerprint(source) if source else None})
+    root = data_dir(profile) / f"{'documents' if source else 'people'}-{key}"
     if force or not (root / "people").exists() or not (root / "tokenizer").exists():
-        ds = data.build_people(cfg["data"])
+        if source:
+            docs = documents.load_documents(source, format=cfg["data"].get("format", "auto"),
+                                            splits=cfg["data"].get("splits"))
+            ds = documents.as_people(docs, valid_frac=cfg["data"].get("valid_frac", 0.1))
+        else:
+            ds = data.build_people(cfg["data"])
         tok = make_tokenizer(cfg)
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tokenizer-"))
@@ -55,15 +67,36 @@ def prepare_data(profile: str, cfg: dict, force: bool = False):
 
 
 def make_tokenizer(cfg: dict):
-    """The profile's tokenizer: word-level over the synthetic vocabulary (miniature profiles).
-    Hook for pretrained models (paper profile): their own tokenizer."""
-    return build_word_tokenizer(vocabulary_texts())
+    """The profile's tokenizer: word-level over the synthetic vocabulary (miniature profiles), or
+    a pretrained model's own tokenizer (`model.pretrained`: hub id or local path)."""
+    pretrained = cfg["model"].get("pretrained")
+    if not pretrained:
+        return build_word_tokenizer(vocabulary_texts())
+    tok = load_tokenizer(pretrained)
+    if tok.bos_token is None:
+        # The encoders prepend BOS; Qwen2 has none. Its end-of-text token is the document
+        # separator it was pre-trained with, so it serves as BOS too.
+        tok.bos_token = tok.eos_token
+    return tok
 
 
 def initial_model(profile: str, cfg: dict, ds, tok, seed: int, log=print):
     """The model CPT starts from, and the record of where it came from (None when from scratch).
     Miniature: a copy of the cached base model, or a random init when base is disabled.
-    Hook for pretrained models (paper profile)."""
+    Pretrained (`model.pretrained`): the checkpoint itself, no base stage; weights in
+    `model.dtype` (default float32: bf16 enters through autocast, AdamW state stays fp32)."""
+    pretrained = cfg["model"].get("pretrained")
+    if pretrained:
+        from kl_utils.model import load_model
+        model = load_model(pretrained, dtype=getattr(torch, cfg["model"].get("dtype", "float32")))
+        n_embed = model.get_input_embeddings().weight.shape[0]
+        if len(tok) > n_embed:
+            raise ValueError(f"{pretrained}: tokenizer has {len(tok)} tokens, the model's embedding {n_embed}")
+        if cfg["model"].get("gradient_checkpointing"):
+            # activations recomputed in backward: memory for time (the 4.x name is deprecated in 5.x)
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        log(f"pretrained model {pretrained}: {n_parameters(model):,} parameters")
+        return model, None
     if cfg["base"].get("enabled", True):
         model, base_record = base_model(profile, cfg, ds, tok, log=log)
         return copy.deepcopy(model), base_record
@@ -89,12 +122,23 @@ def _eval(model, tok, ds, split, cfg) -> dict:
     return res
 
 
+# The data settings the base model depends on. People are generated base population first, from
+# one seeded stream, so the base people do not change with n_new or the splits of the new ones
+# (tests/test_data.py checks that): every profile variant with the same base shares its cache.
+BASE_DATA_KEYS = ("seed", "n_base", "n_train_templates", "base_paraphrases", "permute_paraphrases",
+                  "name_every_sentence")
+
+
+def base_spec(cfg: dict) -> dict:
+    return {"data": {k: cfg["data"].get(k) for k in BASE_DATA_KEYS}, "model": cfg["model"], "base": cfg["base"]}
+
+
 def base_model(profile: str, cfg: dict, ds, tok, log=print):
     """Stage 0: a small model pre-trained on the *base* population (several paraphrases each, plus
     the QA of a fraction of them mixed in), standing in for a pretrained LLM's ability to store
     and extract knowledge. Cached by the hash of everything it depends on; a run record is
     written when it is trained. Returns (model, record)."""
-    spec = {"data": cfg["data"], "model": cfg["model"], "base": cfg["base"]}
+    spec = base_spec(cfg)
     key = config_hash(spec)
     path = cache_dir(profile) / f"base-{key}"
     run_id = f"base-{key}"
@@ -153,19 +197,25 @@ def protected_strings(row: dict) -> list[str]:
 
 def cpt_documents(people, cpt_cfg: dict, seed: int) -> list[str]:
     """CPT documents of the given people: `paraphrases` biographies each (default 1), plus, when
-    `augmentation: {k, families}` is set, k formatted copies of each document. The facts (and the
-    name) are protected, so every answer stays verbatim in every copy (kl_utils.augment)."""
+    `augmentation: {k, families, method}` is set, k augmented copies of each document. method
+    "format" (default): formatting variants with the facts (and the name) protected, so every
+    answer stays verbatim in every copy (kl_utils.augment); "eda": blind EDA-style word edits
+    (the rewriting baseline of C3 / C7, which can damage facts)."""
     from kl_utils import augment
     aug = cpt_cfg.get("augmentation") or {}
-    k = aug.get("k", 0)
+    k, method = aug.get("k", 0), aug.get("method", "format")
+    if method not in ("format", "eda"):
+        raise ValueError(f"unknown augmentation method {method!r}; valid: format, eda")
     docs = []
     for row in people:
         protect = protected_strings(row)
         for j, doc in enumerate(row["bios"][:cpt_cfg.get("paraphrases", 1)]):
             docs.append(doc)
-            if k:
+            if k and method == "format":
                 docs += augment.format_variants(doc, k, _aug_seed(seed, row["person_id"], j),
                                                 families=aug.get("families"), protect=protect)
+            elif k:
+                docs += augment.eda_variants(doc, k, _aug_seed(seed, row["person_id"], j))
     return docs
 
 
@@ -185,46 +235,127 @@ def it_examples(people_ds, split, it_cfg: dict, seed: int) -> list[dict]:
     return out
 
 
+ARM_KEYS = ("cpt", "it", "budget", "order")
+BUDGETS = ("epochs", "steps")
+ORDERS = ("standard", "pit")
+
+
 def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
-    """(the arm's cpt/it settings, everything its result depends on, its run id)."""
+    """(the arm's settings, everything its result depends on, its run id).
+
+    An arm (profile `arms:`) overrides `cpt` / `it` settings and may set
+    budget: epochs (default; the paper's setting: augmentation adds tokens and steps) or steps
+      (CPT and IT run exactly as many optimizer steps as the baseline's, whatever the data);
+    order: standard (default: CPT, then IT) or pit (pre-instruction-tuning, Jiang et al. 2024:
+      first the train half's QA pairs mixed with their documents, then CPT on all documents).
+    """
     from kl_utils.config import merge
     if arm != "baseline" and arm not in cfg.get("arms", {}):
         raise ValueError(f"unknown arm {arm!r}; defined: baseline, {', '.join(cfg.get('arms', {}))}")
-    arm_cfg = merge({"cpt": cfg["cpt"], "it": cfg["it"]}, cfg.get("arms", {}).get(arm, {}))
+    override = cfg.get("arms", {}).get(arm) or {}
+    unknown = set(override) - set(ARM_KEYS)
+    if unknown:
+        raise ValueError(f"arm {arm!r}: unknown keys {sorted(unknown)}; valid: {', '.join(ARM_KEYS)}")
+    arm_cfg = merge({"cpt": cfg["cpt"], "it": cfg["it"], "budget": "epochs", "order": "standard"}, override)
+    if arm_cfg["budget"] not in BUDGETS or arm_cfg["order"] not in ORDERS:
+        raise ValueError(f"arm {arm!r}: budget must be one of {BUDGETS}, order one of {ORDERS}")
     spec = {"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "eval": cfg["eval"], **arm_cfg}
     return arm_cfg, spec, f"{arm}-s{seed}-{config_hash(spec)}"
+
+
+def baseline_steps(cfg: dict, ds) -> dict:
+    """Optimizer steps of the baseline's CPT and IT: the budget of step-matched arms."""
+    from kl_utils.train import total_steps
+    n_docs = sum(1 for r in ds if r["population"] == "new") * cfg["cpt"].get("paraphrases", 1)
+    n_qa = len(data.qa_examples(ds, "train"))
+    return {"cpt": total_steps(n_docs, cfg["cpt"]), "it": total_steps(n_qa, cfg["it"])}
+
+
+def checkpoint_dir(profile: str, run_id: str) -> Path:
+    """Where a run keeps its resumable stage checkpoints and, once finished, its models:
+    model/ (after IT) and after_cpt/ (the CPT minimum, for the sharpness analysis)."""
+    from kl_utils.paths import results_dir
+    return results_dir(profile) / "ckpt" / run_id
 
 
 def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print) -> dict:
     """One arm and seed of the main protocol: (base model) -> CPT on the documents of every new
     person -> IT on the QA pairs of the train split -> exact match on train / valid / test.
-    Writes and returns the run record. `cfg["arms"][arm]` overrides cpt / it settings."""
+    Writes and returns the run record. Resumable: each stage checkpoints to
+    checkpoint_dir(profile, run_id) and a rerun after a crash continues from there."""
     arm_cfg, spec, run_id = arm_spec(cfg, arm, seed)
+    cpt_cfg, it_cfg = dict(arm_cfg["cpt"]), dict(arm_cfg["it"])
+    if arm_cfg["budget"] == "steps":
+        steps = baseline_steps(cfg, ds)
+        cpt_cfg["max_steps"], it_cfg["max_steps"] = steps["cpt"], steps["it"]
+    ckpt = checkpoint_dir(profile, run_id)
+    every = cfg.get("checkpoint_every", 200)
+    timing = {}
     t0 = time.time()
     torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
     model, base_record = initial_model(profile, cfg, ds, tok, seed, log=log)
+    timing["base_s"] = time.time() - t0
     new = ds.filter(lambda r: r["population"] == "new")
-    docs = cpt_documents(new, arm_cfg["cpt"], seed)
-    cpt_hist = train(model, data.encode_documents(docs, tok), arm_cfg["cpt"], seed=seed,
-                     pad_id=tok.pad_token_id, desc=f"{arm} s{seed} CPT")
-    after_cpt = {"test_em_before_it": _eval(model, tok, ds, "test", cfg)["em"]}
-    it_encoded = data.encode_qa(it_examples(ds, "train", arm_cfg["it"], seed), tok)
+    docs = cpt_documents(new, cpt_cfg, seed)
+    it_raw = it_examples(ds, "train", it_cfg, seed)
+    it_encoded = data.encode_qa(it_raw, tok)
+    hist = {}
+    t = time.time()
+    if arm_cfg["order"] == "pit":
+        train_people = new.filter(lambda r: r["split"] == "train")
+        pit_docs = data.encode_documents(cpt_documents(train_people, cpt_cfg, seed), tok)
+        hist["pit"] = train(model, pit_docs + it_encoded, it_cfg, seed=seed, pad_id=tok.pad_token_id,
+                            desc=f"{arm} s{seed} PIT", checkpoint=ckpt / "pit.pt", checkpoint_every=every)
+    hist["cpt"] = train(model, data.encode_documents(docs, tok), cpt_cfg, seed=seed, pad_id=tok.pad_token_id,
+                        desc=f"{arm} s{seed} CPT", checkpoint=ckpt / "cpt.pt", checkpoint_every=every)
+    timing["cpt_s"] = time.time() - t
+    t = time.time()
+    metrics = {"test_em_before_it": _eval(model, tok, ds, "test", cfg)["em"]}
+    timing["eval_s"] = time.time() - t
+    after_cpt = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def after_epoch(epoch, m):
         return {"train_em": _eval(m, tok, ds, "train", cfg)["em"], "test_em": _eval(m, tok, ds, "test", cfg)["em"]}
-    it_hist = train(model, it_encoded, arm_cfg["it"], seed=seed, pad_id=tok.pad_token_id,
-                    desc=f"{arm} s{seed} IT", callback=after_epoch if cfg["eval"].get("per_epoch") else None)
-    metrics = {**after_cpt}
+    t = time.time()
+    if arm_cfg["order"] == "standard":
+        hist["it"] = train(model, it_encoded, it_cfg, seed=seed, pad_id=tok.pad_token_id, desc=f"{arm} s{seed} IT",
+                           callback=after_epoch if cfg["eval"].get("per_epoch") else None,
+                           checkpoint=ckpt / "it.pt", checkpoint_every=every)
+    timing["it_s"] = time.time() - t
+    t = time.time()
     for split in ("train", "valid", "test"):
         res = _eval(model, tok, ds, split, cfg)
         metrics[f"{split}_em"] = res["em"]
+        metrics[f"{split}_f1"] = res["f1"]
         metrics[f"{split}_em_per_attribute"] = res["em_per_attribute"]
+    timing["eval_s"] += time.time() - t
+    _save_models(model, after_cpt, ckpt)
     wall = time.time() - t0
     extra = {"arm": arm, "base_run_id": base_record["run_id"] if base_record else None,
              "n_cpt_documents": len(docs), "n_it_examples": len(it_encoded),
-             "optimizer_steps": {"cpt": len(cpt_hist["step"]), "it": len(it_hist["step"])},
-             "history": {"cpt": _history_summary(cpt_hist), "it": _history_summary(it_hist)}}
+             "optimizer_steps": {k: len(h["step"]) for k, h in hist.items()},
+             "timing": {k: round(v, 2) for k, v in timing.items()},
+             "checkpoint": str(ckpt.relative_to(ckpt.parents[1])),
+             "history": {k: _history_summary(h) for k, h in hist.items()}}
     records.write_run_record(profile, run_id, kind="arm", config=spec, seed=seed, metrics=metrics,
                              wall_time_s=wall, extra=extra)
     log(f"{arm} seed {seed}: test EM {metrics['test_em']:.3f}, train EM {metrics['train_em']:.3f} ({wall:.0f} s)")
     return {"run_id": run_id, "metrics": metrics, **extra}
+
+
+def _save_models(model, after_cpt_state: dict, ckpt: Path) -> None:
+    """Final models of a run (safetensors via save_pretrained, written to a temp dir and renamed);
+    the resumable stage checkpoints are removed once the models are safe."""
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt, prefix=".models-"))
+    model.save_pretrained(str(tmp / "model"))
+    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(after_cpt_state)
+    model.save_pretrained(str(tmp / "after_cpt"))
+    model.load_state_dict(final)
+    for name in ("model", "after_cpt"):
+        shutil.rmtree(ckpt / name, ignore_errors=True)
+        (tmp / name).rename(ckpt / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    for stage in ckpt.glob("*.pt"):
+        stage.unlink()

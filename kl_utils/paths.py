@@ -1,5 +1,6 @@
 """Every path resolved from the project root, never from the working directory (papermill runs in
 the caller's directory, nbval in the notebook's)."""
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -8,7 +9,8 @@ BIOS_FIELDS_DIR = Path(__file__).resolve().parent / "data" / "bios_fields"
 
 
 def results_dir(profile: str) -> Path:
-    return ROOT / "results" / profile
+    """results/<profile>; KL_RESULTS_ROOT moves the whole results tree (tests, scratch runs)."""
+    return Path(os.environ.get("KL_RESULTS_ROOT") or ROOT / "results") / profile
 
 
 def runs_dir(profile: str) -> Path:

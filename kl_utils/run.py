@@ -1,47 +1,135 @@
-"""Run arms of the protocol from the command line (the notebooks call the same functions):
+"""The experiment runner: a grid of (arm, seed) runs, each identified by the hash of its config.
 
-    python -m kl_utils.run --profile cpu --arms baseline sam --seeds 0 1 2 [--threads 1]
+    python -m kl_utils.run --profile cpu --grid main [--workers 2]
+    python -m kl_utils.run --profile cpu --arms baseline sam --seeds 0 1 2
 
-Arms are defined under `arms:` in the profile (overrides of its `cpt` / `it` settings). Each
-(arm, seed) writes results/<profile>/runs/<arm>-s<seed>-<config hash>.json; a run whose record
-already exists is skipped. Two processes with one thread each use 2 cores better than one
-process with two threads (PROBE.md), e.g. `--seeds 0 2` and `--seeds 1` side by side.
+A grid is a list of blocks `{arms: [...], seeds: [...]}` under `grids:` in the profile; arms are
+overrides of its cpt / it settings under `arms:` (see experiment.arm_spec). Finished runs (their
+record exists) are skipped; an interrupted run resumes from its last checkpoint. Runs go to
+`workers` processes of one thread each, largest first: two 1-thread processes get more out of two
+cores than one 2-thread process (PROBE.md). One overall progress bar, weighted by each run's
+estimated cost, shows the ETA.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 
-import torch
+from tqdm.auto import tqdm
 
 from kl_utils import experiment, records
 from kl_utils.config import load_config
+from kl_utils.train import total_steps
+
+
+def grid_cells(cfg: dict, grid: str) -> list[tuple[str, int]]:
+    """The (arm, seed) cells of a named grid of the profile, in order, without duplicates."""
+    grids = cfg.get("grids", {})
+    if grid not in grids:
+        raise ValueError(f"unknown grid {grid!r}; defined: {', '.join(grids) or 'none'}")
+    cells = []
+    for block in grids[grid]:
+        for arm in block["arms"]:
+            for seed in block.get("seeds", cfg["seeds"]):
+                if (arm, seed) not in cells:
+                    cells.append((arm, seed))
+    for arm, seed in cells:
+        experiment.arm_spec(cfg, arm, seed)  # unknown arms fail here, before any training
+    return cells
+
+
+def estimated_cost(cfg: dict, ds, arm: str) -> float:
+    """Relative cost of a run: example-passes of CPT and IT, doubled for SAM (two gradients per
+    step, or 1 + 1/k in the efficient mode); QA pairs count a third of a document."""
+    arm_cfg, _, _ = experiment.arm_spec(cfg, arm, 0)
+    n_new = sum(1 for r in ds if r["population"] == "new")
+    n_qa = 6 * sum(1 for r in ds if r["split"] == "train")
+    fixed = experiment.baseline_steps(cfg, ds) if arm_cfg["budget"] == "steps" else {}
+    cost = 0.0
+    for stage, n, weight in (("cpt", n_new, 1.0), ("it", n_qa, 0.33)):
+        c = arm_cfg[stage]
+        if stage == "cpt":
+            n *= c.get("paraphrases", 1) * (1 + (c.get("augmentation") or {}).get("k", 0))
+        else:
+            n *= 1 + (c.get("augmentation") or {}).get("k", 0)
+        steps = fixed.get(stage) or total_steps(n, c)
+        sam = 1 + 1 / c.get("sam_every_k", 1) if c.get("optimizer") == "sam" else 1
+        cost += steps * c["batch_size"] * weight * sam
+    return cost
+
+
+def _run_cell(profile: str, cfg: dict, arm: str, seed: int, threads: int) -> dict:
+    """One run in a worker process (quiet: the parent's bar reports progress)."""
+    import torch
+    os.environ["TQDM_DISABLE"] = "1"
+    torch.set_num_threads(threads)
+    cfg = dict(cfg, threads=threads)
+    ds, tok, _ = experiment.prepare_data(profile, cfg)
+    return experiment.run_arm(profile, cfg, ds, tok, arm=arm, seed=seed, log=lambda *a, **k: None)
+
+
+def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int = 2, log=print) -> list[dict]:
+    """Run every cell that has no record yet; returns the arm records of all cells."""
+    ds, tok, _ = experiment.prepare_data(profile, cfg)
+    if cfg["base"].get("enabled", True):  # once, with all threads, before the workers need it
+        experiment.base_model(profile, cfg, ds, tok, log=log)
+    done = {r["run_id"] for r in records.load_run_records(profile, kind="arm")}
+    todo = [(arm, seed) for arm, seed in cells if experiment.arm_spec(cfg, arm, seed)[2] not in done]
+    log(f"{len(cells) - len(todo)} of {len(cells)} runs already have records; {len(todo)} to run "
+        f"with {workers} worker(s)")
+    cost = {arm: estimated_cost(cfg, ds, arm) for arm in {a for a, _ in todo}}
+    todo.sort(key=lambda cell: -cost[cell[0]])  # largest first: the workers finish together
+    t0 = time.time()
+    bar = tqdm(total=round(sum(cost[a] for a, _ in todo)), desc=f"{profile} grid", unit="ex",
+               disable=not todo or None)
+    if workers <= 1:
+        for arm, seed in todo:
+            experiment.run_arm(profile, cfg, ds, tok, arm=arm, seed=seed, log=log)
+            bar.update(round(cost[arm]))
+    elif todo:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_run_cell, profile, cfg, arm, seed, 1): (arm, seed) for arm, seed in todo}
+            for fut in as_completed(futures):
+                arm, seed = futures[fut]
+                try:
+                    res = fut.result()
+                except Exception as err:
+                    for f in futures:
+                        f.cancel()
+                    raise RuntimeError(f"run {arm} seed {seed} failed: {err}") from err
+                bar.update(round(cost[arm]))
+                bar.write(f"{arm} seed {seed}: test EM {res['metrics']['test_em']:.3f} "
+                          f"({res['timing']['cpt_s'] + res['timing']['it_s']:.0f} s training)")
+    bar.close()
+    if todo:
+        log(f"grid finished in {time.time() - t0:.0f} s")
+    wanted = {experiment.arm_spec(cfg, arm, seed)[2] for arm, seed in cells}
+    return [r for r in records.load_run_records(profile, kind="arm") if r["run_id"] in wanted]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Run arms of the knowledge-learning protocol.")
+    ap = argparse.ArgumentParser(description="Run a grid of arms x seeds of the knowledge-learning protocol.")
     ap.add_argument("--profile", default=None, help="profile name (default: KL_PROFILE or cpu)")
-    ap.add_argument("--arms", nargs="+", default=["baseline"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's seeds")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--grid", default=None, help="a named grid of the profile (grids:)")
+    ap.add_argument("--arms", nargs="+", default=None, help="instead of --grid: these arms ...")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="... with these seeds (default: the profile's)")
+    ap.add_argument("--workers", type=int, default=None, help="parallel 1-thread processes (default: profile's)")
     args = ap.parse_args(argv)
     profile, cfg = load_config(args.profile)
-    for arm in args.arms:
-        try:
-            experiment.arm_spec(cfg, arm, 0)
-        except ValueError as err:
-            ap.error(str(err))
-    if args.threads:
-        cfg["threads"] = args.threads
-        torch.set_num_threads(args.threads)
-    ds, tok, _ = experiment.prepare_data(profile, cfg)
-    done = {r["run_id"] for r in records.load_run_records(profile, kind="arm")}
-    for arm in args.arms:
-        for seed in args.seeds if args.seeds is not None else cfg["seeds"]:
-            if experiment.arm_spec(cfg, arm, seed)[2] in done:
-                print(f"{arm} seed {seed}: record exists, skipped")
-                continue
-            experiment.run_arm(profile, cfg, ds, tok, arm=arm, seed=seed)
+    try:
+        if args.arms:
+            cells = [(arm, seed) for arm in args.arms for seed in (args.seeds or cfg["seeds"])]
+            for arm, seed in cells:
+                experiment.arm_spec(cfg, arm, seed)
+        else:
+            cells = grid_cells(cfg, args.grid or "main")
+    except ValueError as err:
+        ap.error(str(err))
+    run_grid(profile, cfg, cells, workers=args.workers or cfg.get("workers", 1))
     return 0
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import random
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 OPTIMIZERS = ("adamw", "sam")
@@ -119,12 +119,42 @@ def total_steps(n_examples: int, cfg: dict) -> int:
     return cfg["epochs"] * steps_per_epoch(n_examples, cfg)
 
 
+def epoch_batches(examples: list[dict], micro_batch: int, pad_id: int, seed: int, epoch: int, mode: str = "pad"):
+    """The micro-batches of one epoch, in an order fixed by (seed, epoch) alone, so a run resumed
+    from a checkpoint sees exactly the batches an uninterrupted run would. mode "pad": shuffled,
+    right-padded to the longest example of the batch; other modes come from kl_utils.batching."""
+    if mode != "pad":
+        from kl_utils.batching import make_batches
+        return make_batches(examples, micro_batch, pad_id, seed, epoch, mode)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [collate([examples[j] for j in order[i:i + micro_batch]], pad_id) for i in range(0, len(order), micro_batch)]
+
+
+def _save_checkpoint(path, state: dict) -> None:
+    """Atomic torch.save: a kill -9 mid-write leaves the previous checkpoint intact."""
+    import os
+    import tempfile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, desc: str = "train",
-          callback=None, accelerator=None) -> dict:
+          callback=None, accelerator=None, checkpoint=None, checkpoint_every: int = 100) -> dict:
     """Train `model` in place on encoded examples ({input_ids, labels}); returns the history.
 
     callback(epoch, model) -> dict is called after each epoch (e.g. an evaluation); its results
     land in history["epochs"].
+    checkpoint: a file; when given, model / optimizer / scheduler / position are saved there
+    every `checkpoint_every` updates and at the end, and a call that finds the file resumes
+    from it (a finished stage just loads its weights and returns its history).
     """
     if not examples:
         raise ValueError(f"{desc}: no training examples")
@@ -132,43 +162,66 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
     accelerator = accelerator or get_accelerator()
     precision = cfg.get("mixed_precision", "no")
     check_precision(precision)
-    micro = cfg["batch_size"] // cfg.get("grad_accum", 1)
-    if micro * cfg.get("grad_accum", 1) != cfg["batch_size"]:
-        raise ValueError(f"{desc}: batch_size {cfg['batch_size']} is not divisible by grad_accum {cfg.get('grad_accum', 1)}")
-    loader = DataLoader(examples, batch_size=micro, shuffle=True, drop_last=False,
-                        collate_fn=lambda b: collate(b, pad_id),
-                        generator=torch.Generator().manual_seed(seed))
-    n_steps = total_steps(len(examples), cfg)
+    accum = cfg.get("grad_accum", 1)
+    micro = cfg["batch_size"] // accum
+    if micro * accum != cfg["batch_size"]:
+        raise ValueError(f"{desc}: batch_size {cfg['batch_size']} is not divisible by grad_accum {accum}")
+    # batch_size is per process: under DDP each process sees 1/num_processes of the examples.
+    n_steps = total_steps(math.ceil(len(examples) / accelerator.num_processes), cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, n_steps)
-    model, loader = accelerator.prepare(model, loader)
-    model.train()
     history = {"step": [], "loss": [], "lr": [], "epochs": []}
-    step, epoch = 0, 0
+    step, epoch, consumed = 0, 0, 0  # consumed: micro-batches already used in the current epoch
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        if state["done"]:
+            model.eval()
+            return state["history"]
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, consumed, history = state["step"], state["epoch"], state["consumed"], state["history"]
+
+    def save(done: bool) -> None:
+        if checkpoint is not None and accelerator.is_main_process:
+            _save_checkpoint(checkpoint, {
+                "model": accelerator.unwrap_model(model).state_dict(), "done": done, "step": step, "epoch": epoch,
+                "consumed": consumed, "history": history,
+                **({} if done else {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})})
+    model = accelerator.prepare(model)
+    model.train()
     # Bars honour TQDM_DISABLE / TQDM_MININTERVAL (set by `make reproduce` to keep notebooks small).
-    bar = tqdm(total=n_steps, desc=desc, **({} if accelerator.is_local_main_process else {"disable": True}))
+    bar = tqdm(total=n_steps, initial=step, desc=desc,
+               **({} if accelerator.is_local_main_process else {"disable": True}))
+    mode = cfg.get("batching", "pad")
     while step < n_steps:
-        epoch += 1
-        batches = iter(loader)
-        while step < n_steps:
+        if consumed == 0:
+            epoch += 1
+        # Each process takes every num_processes-th micro-batch (DDP sharding, a no-op on one device).
+        batches = epoch_batches(examples, micro, pad_id, seed, epoch, mode)
+        batches = batches[accelerator.process_index::accelerator.num_processes]
+        while step < n_steps and consumed < len(batches):
             # A full group of grad_accum micro-batches, or what is left at the end of the epoch.
-            pending = [b for _, b in zip(range(cfg.get("grad_accum", 1)), batches)]
-            if not pending:
-                break
+            pending = [{k: v.to(accelerator.device) for k, v in b.items()} for b in batches[consumed:consumed + accum]]
             loss = _update(model, optimizer, pending, cfg, accelerator, precision)
             scheduler.step()
             step += 1
+            consumed += len(pending)
             history["step"].append(step)
             history["loss"].append(loss)
             history["lr"].append(scheduler.get_last_lr()[0])
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch, refresh=False)
+            if step % checkpoint_every == 0 and step < n_steps:
+                save(done=False)
+        consumed = 0
         if callback is not None and (step >= n_steps or not cfg.get("max_steps")):
             model.eval()
             history["epochs"].append({"epoch": epoch, "step": step, **callback(epoch, accelerator.unwrap_model(model))})
             model.train()
     bar.close()
     model.eval()
+    save(done=True)
     return history
 
 

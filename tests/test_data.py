@@ -68,3 +68,13 @@ def test_documents_select(people):
     assert len(data.documents(people, population="new")) == 20
     assert len(data.documents(people, split="test", n_paraphrases=3)) == 8 * 3
     assert len(data.qa_examples(people, ["train", "test"])) == 18 * 6
+
+
+def test_base_people_do_not_depend_on_the_new_population():
+    """The base model's cache key leaves out n_new / splits / new_paraphrases (experiment.base_spec):
+    that is only right if the base rows are identical whatever the new population is."""
+    cfg = dict(TINY_DATA, n_base=12, n_new=10)
+    a = data.build_people(cfg).filter(lambda r: r["population"] == "base")
+    b = data.build_people(dict(cfg, n_new=20, new_paraphrases=1, splits={"train": 0.6, "valid": 0.2, "test": 0.2}))
+    b = b.filter(lambda r: r["population"] == "base")
+    assert a.to_list() == b.to_list()

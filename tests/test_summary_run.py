@@ -48,7 +48,8 @@ def test_run_cli_runs_then_skips(monkeypatch, tmp_path, capsys):
     for stage in ("base", "cpt", "it"):
         cfg[stage] = {**cfg[stage], "epochs": 1}
     monkeypatch.setattr(run, "load_config", lambda profile: ("toy", cfg))
-    run.main(["--arms", "baseline", "--seeds", "0"])
+    monkeypatch.delenv("KL_RESULTS_ROOT", raising=False)
+    run.main(["--arms", "baseline", "--seeds", "0", "--workers", "1"])
     capsys.readouterr()
-    run.main(["--arms", "baseline", "--seeds", "0"])
-    assert "record exists, skipped" in capsys.readouterr().out
+    run.main(["--arms", "baseline", "--seeds", "0", "--workers", "1"])
+    assert "1 of 1 runs already have records; 0 to run" in capsys.readouterr().out
