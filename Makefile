@@ -35,12 +35,14 @@ check-profile:
 # whole sequence succeeded and the profile is cpu (the committed notebooks show cpu outputs).
 reproduce: check-profile $(STAMP)
 	@rm -rf $(SCRATCH) && mkdir -p $(SCRATCH)
-	@set -e; start=$$(date +%s); for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb (profile $(PROFILE))"; \
+	@$(PY) -m kl_utils.config resolve $(PROFILE) > $(SCRATCH)/parameters.yaml
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb (profile $(PROFILE))"; start=$$(date +%s); \
 	  TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 KL_PROFILE=$(PROFILE) \
 	  $(VENV)/bin/papermill "$$nb" "$(SCRATCH)/$$(basename $$nb)" \
-	    -f profiles/$(PROFILE).yaml -k $(KERNEL) --cwd notebooks --log-output --log-level WARNING; \
-	done; echo "reproduce ($(PROFILE)) finished in $$(( $$(date +%s) - start )) s"
+	    -f $(SCRATCH)/parameters.yaml -k $(KERNEL) --cwd notebooks --log-output --log-level WARNING; \
+	  echo "$$(basename $$nb) $$(( $$(date +%s) - start ))" >> $(SCRATCH)/times.txt; \
+	done; $(PY) -m kl_utils.notebooks timing $(PROFILE) $(SCRATCH)/times.txt
 	@if [ "$(PROFILE)" = cpu ]; then $(PY) -m kl_utils.notebooks publish $(SCRATCH) notebooks; fi
 
 unit: $(STAMP)

@@ -46,6 +46,8 @@ def _read(path: Path, expect: str | None = None) -> tuple[str, dict]:
     if not isinstance(doc, dict) or "config" not in doc or not isinstance(doc.get("profile"), str) \
             or (expect is not None and doc["profile"] != expect):
         raise ValueError(f"{path}: expected top-level keys 'profile: {expect or '<name>'}' and 'config:'")
+    if doc.get("extends"):  # a variant: the parent profile's config with these values on top
+        return doc["profile"], merge(read_profile(doc["extends"]), doc["config"])
     return doc["profile"], doc["config"]
 
 
@@ -78,3 +80,17 @@ def config_hash(obj) -> str:
     """Stable short hash of a JSON-able config (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def resolved_parameters(profile: str) -> str:
+    """The papermill parameters file of a profile: `profile` and its full config (with a parent
+    profile's values merged in when it `extends:` one)."""
+    name = resolve_profile(profile)
+    return yaml.safe_dump({"profile": name, "config": read_profile(profile)}, sort_keys=False)
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 3 or sys.argv[1] != "resolve":
+        sys.exit("usage: python -m kl_utils.config resolve PROFILE   (prints papermill parameters)")
+    print(resolved_parameters(sys.argv[2]), end="")

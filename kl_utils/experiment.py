@@ -240,6 +240,38 @@ BUDGETS = ("epochs", "steps")
 ORDERS = ("standard", "pit")
 
 
+def all_arms(cfg: dict) -> dict:
+    """The profile's `arms:`, plus the arms its `ablations:` generate:
+      rho: [...]        -> sam_rho<v>                    (SAM at each rho)
+      k: [...]          -> format_k<k>_steps             (k formatted copies, step-matched)
+      families: [...]   -> format_<family>_steps         (one augmentation family alone, k=1)
+      rho_k: true       -> format_sam_k<k>_rho<v>_steps  (the rho x k grid)
+      lr: {arms: [...], factors: [...]} -> <arm>@lrx<f>  (learning-rate variants, for tuning on valid)
+    """
+    arms = dict(cfg.get("arms") or {})
+    abl = cfg.get("ablations") or {}
+    sam = {"optimizer": "sam"}
+    for rho in abl.get("rho", []):
+        arms.setdefault(f"sam_rho{rho}", {"cpt": {**sam, "rho": rho}})
+    for k in abl.get("k", []):
+        arms.setdefault(f"format_k{k}_steps", {"budget": "steps", "cpt": {"augmentation": {"k": k}}})
+    for fam in abl.get("families", []):
+        arms.setdefault(f"format_{fam}_steps", {"budget": "steps", "cpt": {"augmentation": {"k": 1, "families": [fam]}}})
+    if abl.get("rho_k"):
+        for k in abl.get("k", []):
+            for rho in abl.get("rho", []):
+                arms.setdefault(f"format_sam_k{k}_rho{rho}_steps", {
+                    "budget": "steps", "cpt": {**sam, "rho": rho, "augmentation": {"k": k}}})
+    lr = abl.get("lr") or {}
+    for arm in lr.get("arms", []):
+        base = {} if arm == "baseline" else arms[arm]
+        for f in lr.get("factors", []):
+            stage_lr = {st: {"lr": cfg[st]["lr"] * f} for st in ("cpt",)}
+            from kl_utils.config import merge
+            arms.setdefault(f"{arm}@lrx{f}", merge(base, stage_lr))
+    return arms
+
+
 def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
     """(the arm's settings, everything its result depends on, its run id).
 
@@ -250,9 +282,10 @@ def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
       first the train half's QA pairs mixed with their documents, then CPT on all documents).
     """
     from kl_utils.config import merge
-    if arm != "baseline" and arm not in cfg.get("arms", {}):
-        raise ValueError(f"unknown arm {arm!r}; defined: baseline, {', '.join(cfg.get('arms', {}))}")
-    override = cfg.get("arms", {}).get(arm) or {}
+    arms = all_arms(cfg)
+    if arm != "baseline" and arm not in arms:
+        raise ValueError(f"unknown arm {arm!r}; defined: baseline, {', '.join(arms)}")
+    override = arms.get(arm) or {}
     unknown = set(override) - set(ARM_KEYS)
     if unknown:
         raise ValueError(f"arm {arm!r}: unknown keys {sorted(unknown)}; valid: {', '.join(ARM_KEYS)}")

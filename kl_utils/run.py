@@ -26,13 +26,14 @@ from kl_utils.config import load_config
 from kl_utils.train import total_steps
 
 
-def grid_cells(cfg: dict, grid: str) -> list[tuple[str, int]]:
-    """The (arm, seed) cells of a named grid of the profile, in order, without duplicates."""
+def grid_cells(cfg: dict, grid: str | None = None) -> list[tuple[str, int]]:
+    """The (arm, seed) cells of a named grid of the profile (default: all its grids), in order,
+    without duplicates."""
     grids = cfg.get("grids", {})
-    if grid not in grids:
+    if grid is not None and grid not in grids:
         raise ValueError(f"unknown grid {grid!r}; defined: {', '.join(grids) or 'none'}")
     cells = []
-    for block in grids[grid]:
+    for block in [b for name in ([grid] if grid else list(grids)) for b in grids[name]]:
         for arm in block["arms"]:
             for seed in block.get("seeds", cfg["seeds"]):
                 if (arm, seed) not in cells:
@@ -114,7 +115,7 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run a grid of arms x seeds of the knowledge-learning protocol.")
     ap.add_argument("--profile", default=None, help="profile name (default: KL_PROFILE or cpu)")
-    ap.add_argument("--grid", default=None, help="a named grid of the profile (grids:)")
+    ap.add_argument("--grid", default=None, help="a named grid of the profile (grids:); default: all of them")
     ap.add_argument("--arms", nargs="+", default=None, help="instead of --grid: these arms ...")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="... with these seeds (default: the profile's)")
     ap.add_argument("--workers", type=int, default=None, help="parallel 1-thread processes (default: profile's)")
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
             for arm, seed in cells:
                 experiment.arm_spec(cfg, arm, seed)
         else:
-            cells = grid_cells(cfg, args.grid or "main")
+            cells = grid_cells(cfg, args.grid)
     except ValueError as err:
         ap.error(str(err))
     run_grid(profile, cfg, cells, workers=args.workers or cfg.get("workers", 1))

@@ -13,8 +13,27 @@ def test_profiles_exist_and_are_complete():
     for name in names:
         doc = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
         assert doc["profile"] == name
+        cfg = config.read_profile(name)  # with its parent's values when it `extends:` one
         for key in REQUIRED:
-            assert key in doc["config"], f"{name}.yaml lacks config.{key}"
+            assert key in cfg, f"{name}.yaml lacks config.{key}"
+        from kl_utils import experiment, run
+        for arm, seed in run.grid_cells(cfg) if cfg.get("grids") else []:
+            experiment.arm_spec(cfg, arm, seed)  # every arm of every grid is defined
+
+
+def test_extends_merges_the_parent_and_papermill_gets_the_full_config():
+    full = config.read_profile("cpu-full")
+    cpu = config.read_profile("cpu")
+    assert full["model"] == cpu["model"] and full["ablations"] and "para4" in full["arms"] and "sam" in full["arms"]
+    params = yaml.safe_load(config.resolved_parameters("cpu-full"))
+    assert params == {"profile": "cpu-full", "config": full}
+
+
+def test_profile_given_as_a_yaml_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"profile": "mine", "extends": "smoke", "config": {"seeds": [7]}}))
+    name, cfg = config.load_config(str(path))
+    assert name == "mine" and cfg["seeds"] == [7] and cfg["model"] == config.read_profile("smoke")["model"]
 
 
 def test_unknown_profile_lists_valid_ones():

@@ -1,0 +1,162 @@
+"""results/<profile>/claims.csv: one row per claim comparison, built only from run records.
+
+Main-experiment rows compare two arms over the seeds both have (paired difference of b - a with
+its 95% t-interval); the analysis modules (probe, diversity, sharpness) add their own rows in
+the same columns. Verdict: `supported` (CI above 0), `contradicted` (CI below 0), `inconclusive`
+(CI contains 0, or fewer than 2 paired seeds).
+
+    python -m kl_utils.claims --profile cpu     # rebuild the file and print it
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import io
+import math
+from pathlib import Path
+
+from kl_utils import records, stats
+from kl_utils.config import load_config
+from kl_utils.paths import results_dir
+from kl_utils.summary import by_arm, verdict
+
+COLUMNS = ["claim", "comparison", "budget", "metric", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
+           "n_seeds", "verdict", "arm_a", "arm_b", "run_ids"]
+
+# (claim, arm a, arm b, budget, what the comparison is). Rows whose arms have no records are left
+# out (a profile runs the comparisons its grid covers); `tuned_claim_rows` handles @lr variants.
+COMPARISONS = [
+    ("C3", "baseline", "format_steps", "steps", "formatting augmentation vs plain CPT"),
+    ("C3", "baseline", "format", "epochs", "formatting augmentation vs plain CPT"),
+    ("C3", "baseline_2x", "format", "steps", "formatting augmentation vs plain CPT for as many steps"),
+    ("C4", "baseline", "sam", "steps", "SAM vs AdamW (same steps and epochs)"),
+    ("C4", "baseline_2x", "sam", "compute", "SAM vs AdamW with as many gradient evaluations"),
+    ("C4", "baseline", "sam_every4", "steps", "efficient SAM (every 4th step) vs AdamW"),
+    ("C5", "format_steps", "format_sam_steps", "steps", "format + SAM vs format alone"),
+    ("C5", "sam", "format_sam_steps", "steps", "format + SAM vs SAM alone"),
+    ("C5", "format", "format_sam", "epochs", "format + SAM vs format alone"),
+    ("C5", "sam", "format_sam", "epochs", "format + SAM vs SAM alone"),
+    ("C6", "baseline", "it_format_sam", "epochs", "augmented QA + SAM during IT vs plain IT"),
+    ("C6", "baseline", "it_format_sam_steps", "steps", "augmented QA + SAM during IT vs plain IT"),
+    ("C6", "baseline", "it_format", "epochs", "augmented QA during IT vs plain IT"),
+    ("C6", "baseline", "it_sam", "epochs", "SAM during IT vs AdamW"),
+    ("C6", "pit", "pit_format_sam", "epochs", "format + SAM in the pre-instruction-tuning order"),
+    ("C7", "para4", "para4_format_sam", "epochs", "format + SAM on top of 4 paraphrases per person"),
+    ("C7", "para4", "para4_format_sam_steps", "steps", "format + SAM on top of 4 paraphrases per person"),
+    ("C7", "para4_eda", "para4_format", "epochs", "formatting vs EDA rewriting on top of paraphrases"),
+]
+ANALYSIS_MODULES = ("kl_utils.probe", "kl_utils.diversity", "kl_utils.sharpness")
+
+
+def _fmt(x):
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 6) if isinstance(x, float) else x
+
+
+def compare(recs: list[dict], claim: str, arm_a: str, arm_b: str, budget: str, comparison: str,
+            metric: str = "test_em") -> dict | None:
+    """One claims row from arm records, or None when an arm has no records."""
+    values = by_arm(recs, metric)
+    if arm_a not in values or arm_b not in values or not set(values[arm_a]) & set(values[arm_b]):
+        return None
+    d = stats.paired_diff_ci(values[arm_a], values[arm_b])
+    seeds = d["seeds"]
+    ids = sorted(r["run_id"] for r in recs if r.get("arm") in (arm_a, arm_b) and r["seed"] in seeds)
+    return {"claim": claim, "comparison": comparison, "budget": budget, "metric": metric,
+            "mean_a": sum(values[arm_a][s] for s in seeds) / len(seeds) if seeds else float("nan"),
+            "mean_b": sum(values[arm_b][s] for s in seeds) / len(seeds) if seeds else float("nan"),
+            "diff": d["mean"], "ci_low": d["low"], "ci_high": d["high"], "n_seeds": len(seeds),
+            "verdict": verdict(d), "arm_a": arm_a, "arm_b": arm_b, "run_ids": " ".join(ids)}
+
+
+def best_variant_by_valid(recs: list[dict], arm: str) -> str:
+    """Among `arm` and its learning-rate variants `arm@lrx<f>`, the one with the best mean
+    validation EM (test EM is never looked at here)."""
+    values = by_arm(recs, "valid_em")
+    cands = [a for a in values if a == arm or a.startswith(f"{arm}@lrx")]
+    if not cands:
+        return arm
+    return max(cands, key=lambda a: (sum(values[a].values()) / len(values[a]), a == arm))
+
+
+def main_rows(recs: list[dict]) -> list[dict]:
+    """The main-experiment rows: each comparison with each arm replaced by its variant tuned on
+    validation (itself when the profile has no learning-rate variants)."""
+    rows = []
+    for claim, a, b, budget, what in COMPARISONS:
+        ta, tb = best_variant_by_valid(recs, a), best_variant_by_valid(recs, b)
+        row = compare(recs, claim, ta, tb, budget, what)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def analysis_rows(profile: str) -> list[dict]:
+    """Rows from the analysis modules (C1 probe, C2 diversity, sharpness), when present."""
+    rows = []
+    all_recs = records.load_run_records(profile)
+    for name in ANALYSIS_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "claim_rows"):
+            rows += mod.claim_rows(all_recs)
+    return rows
+
+
+def build(profile: str) -> list[dict]:
+    arm_recs = records.load_run_records(profile, kind="arm")
+    rows = main_rows(arm_recs) + analysis_rows(profile)
+    return sorted(rows, key=lambda r: (r["claim"], r.get("budget", ""), r["comparison"]))
+
+
+def describe(rows: list[dict]) -> list[str]:
+    """One plain sentence per row, for notebooks and reports (numbers straight from the rows)."""
+    out = []
+    for r in rows:
+        ci = "" if r["n_seeds"] < 2 else f" [95% CI {float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"
+        out.append(f"{r['claim']} ({r['budget']}-matched) {r['comparison']}: {r['arm_b']} {float(r['mean_b']):.3f} vs "
+                   f"{r['arm_a']} {float(r['mean_a']):.3f}, paired diff {float(r['diff']):+.3f}{ci}, "
+                   f"{r['n_seeds']} seeds -> {r['verdict'].upper()}")
+    return out
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def write(profile: str) -> Path:
+    """Rebuild results/<profile>/claims.csv from the records (atomically)."""
+    import os
+    import tempfile
+    path = results_dir(profile) / "claims.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".claims.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(to_csv(build(profile)))
+    os.replace(tmp, path)
+    return path
+
+
+def read(profile: str) -> list[dict]:
+    with open(results_dir(profile) / "claims.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=None)
+    args = ap.parse_args(argv)
+    profile, _ = load_config(args.profile)
+    path = write(profile)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

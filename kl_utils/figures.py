@@ -1,0 +1,131 @@
+"""Tables and figures of the main experiments, built from arm run records only (notebooks 04, 06).
+Every figure: one seaborn style (kl_utils.plots), colour-blind palette, 95% CIs over seeds."""
+from __future__ import annotations
+
+import re
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from kl_utils import stats
+
+# The headline arms, in display order, per budget ("steps": every arm gets the baseline's
+# optimizer steps; "epochs": the paper's setting, augmentation adds tokens and steps).
+HEADLINE = {"steps": ["baseline", "format_steps", "sam", "format_sam_steps"],
+            "epochs": ["baseline", "format", "sam", "format_sam"]}
+LABELS = {"baseline": "AdamW", "format_steps": "+format", "format": "+format", "sam": "+SAM",
+          "format_sam_steps": "+format +SAM", "format_sam": "+format +SAM", "baseline_2x": "AdamW, 2x epochs",
+          "sam_every4": "+SAM every 4th step", "it_format_sam": "+format +SAM in IT"}
+
+
+def arm_frame(recs: list[dict]) -> pd.DataFrame:
+    """One row per arm run: metrics, optimizer steps and gradient evaluations (SAM: two per step)."""
+    rows = []
+    for r in recs:
+        cfg, steps = r["config"], r.get("optimizer_steps", {})
+        grads = 0
+        for stage, n in steps.items():
+            c = cfg.get("it" if stage == "pit" else stage, {})
+            grads += n * ((1 + 1 / c.get("sam_every_k", 1)) if c.get("optimizer") == "sam" else 1)
+        rows.append({"arm": r["arm"], "seed": r["seed"], "budget": cfg.get("budget", "epochs"),
+                     "run_id": r["run_id"], **{m: r["metrics"].get(m) for m in
+                                               ("test_em", "valid_em", "train_em", "test_em_before_it", "test_f1")},
+                     "cpt_steps": steps.get("cpt", 0), "total_steps": sum(steps.values()), "grad_evals": grads,
+                     "wall_s": r["wall_time_s"]})
+    return pd.DataFrame(rows)
+
+
+def arm_summary(df: pd.DataFrame, metric: str = "test_em") -> pd.DataFrame:
+    """Per arm: n seeds, mean ± 95% CI of `metric`, mean optimizer steps."""
+    out = []
+    for arm, g in df.groupby("arm", sort=False):
+        ci = stats.mean_ci(g[metric])
+        out.append({"arm": arm, "budget": g["budget"].iloc[0], "seeds": ci["n"], "mean": ci["mean"],
+                    "ci95": ci["half_width"], "steps": g["total_steps"].mean(), "grad evals": g["grad_evals"].mean(),
+                    "train_em": g["train_em"].mean()})
+    return pd.DataFrame(out).set_index("arm")
+
+
+def headline_figure(df: pd.DataFrame, metric: str = "test_em"):
+    """Held-out QA per headline arm with 95% CIs, one panel per budget."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, (budget, arms) in zip(axes, HEADLINE.items()):
+        sub = df[df.arm.isin(arms)].copy()
+        sub["label"] = sub.arm.map(lambda a: LABELS.get(a, a))
+        order = [LABELS.get(a, a) for a in arms if a in set(sub.arm)]
+        if len(sub):
+            sns.barplot(data=sub, x="label", y=metric, order=order, errorbar=("ci", 95), ax=ax,
+                        hue="label", hue_order=order, legend=False)
+            sns.stripplot(data=sub, x="label", y=metric, order=order, color="black", size=3, ax=ax)
+        ax.set(title=f"{budget}-matched budget", xlabel="", ylabel="held-out QA exact match")
+    fig.suptitle("Held-out QA exact match (bars: mean, 95% CI over seeds; dots: seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def steps_figure(df: pd.DataFrame, metric: str = "test_em"):
+    """Held-out QA against optimizer steps (CPT + IT) and against gradient evaluations, per arm:
+    does a method win because it trains longer?"""
+    g = df.groupby("arm").agg(mean=(metric, "mean"), sd=(metric, "std"), n=(metric, "size"),
+                              steps=("total_steps", "mean"), grads=("grad_evals", "mean")).reset_index()
+    g["ci"] = [stats.mean_ci(df[df.arm == a][metric])["half_width"] for a in g.arm]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, x, xlabel in zip(axes, ("steps", "grads"), ("optimizer steps (CPT + IT)", "gradient evaluations (SAM: 2 per step)")):
+        palette = sns.color_palette("colorblind", len(g))
+        for (_, row), color in zip(g.iterrows(), palette):
+            ax.errorbar(row[x], row["mean"], yerr=row["ci"] if row["n"] > 1 else None, fmt="o", color=color,
+                        capsize=3, label=LABELS.get(row.arm, row.arm) + ("" if row.arm in LABELS else ""))
+        ax.set(xlabel=xlabel, ylabel="held-out QA exact match")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="arm (mean, 95% CI)")
+    fig.suptitle("Held-out QA against training budget")
+    fig.tight_layout()
+    return fig
+
+
+def ablation_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Parse generated ablation arms (experiment.all_arms) into their factor and level."""
+    rows = []
+    for _, r in df.iterrows():
+        for pattern, factor in ((r"^sam_rho([\d.]+)$", "rho"), (r"^format_k(\d+)_steps$", "k"),
+                                (r"^format_(?!k\d|sam)(\w+)_steps$", "family")):
+            m = re.match(pattern, r.arm)
+            if m:
+                rows.append({**r.to_dict(), "factor": factor, "level": m.group(1)})
+        m = re.match(r"^format_sam_k(\d+)_rho([\d.]+)_steps$", r.arm)
+        if m:
+            rows.append({**r.to_dict(), "factor": "rho_k", "level": f"{m.group(1)}/{m.group(2)}",
+                         "k": int(m.group(1)), "rho": float(m.group(2))})
+    return pd.DataFrame(rows)
+
+
+def ablation_figure(abl: pd.DataFrame, baseline: float, metric: str = "test_em"):
+    """Bars per level of each single-factor ablation, the baseline mean as a dashed line."""
+    factors = [f for f in ("family", "k", "rho") if f in set(abl.get("factor", []))]
+    if not factors:
+        return None
+    fig, axes = plt.subplots(1, len(factors), figsize=(5 * len(factors), 3.8), squeeze=False)
+    for ax, f in zip(axes[0], factors):
+        sub = abl[abl.factor == f]
+        order = sorted(set(sub.level), key=lambda v: (float(v) if re.match(r"^[\d.]+$", v) else 0, v))
+        sns.barplot(data=sub, x="level", y=metric, order=order, errorbar=("ci", 95), ax=ax, color="C0")
+        ax.axhline(baseline, ls="--", color="gray", label="AdamW baseline")
+        ax.set(title={"family": "one augmentation family (k=1, step-matched)", "k": "formatted copies k (step-matched)",
+                      "rho": "SAM radius rho"}[f], xlabel=f, ylabel="held-out QA exact match")
+        ax.tick_params(axis="x", rotation=30 if f == "family" else 0)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rho_k_figure(abl: pd.DataFrame, metric: str = "test_em"):
+    """Mean held-out QA over the rho x k grid of format + SAM (step-matched)."""
+    sub = abl[abl.get("factor") == "rho_k"] if len(abl) else abl
+    if not len(sub):
+        return None
+    grid = sub.groupby(["k", "rho"])[metric].mean().unstack("rho")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "held-out QA EM (mean over seeds)"})
+    ax.set(title="format + SAM: rho x k (step-matched)", xlabel="SAM radius rho", ylabel="formatted copies k")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,22 @@
+"""kl_utils.bench helpers at tiny size: the cpu-run breakdown and the figure table."""
+import json
+
+from kl_utils import bench
+
+
+def test_time_breakdown_reads_timing_and_records(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    assert bench.time_breakdown("cpu") == ({"cpu_reproduce_s": "not measured"}, [])
+    (tmp_path / "cpu" / "runs").mkdir(parents=True)
+    (tmp_path / "cpu" / "timing.json").write_text(json.dumps(
+        {"profile": "cpu", "wall_time_s": 1200.0, "per_notebook_s": {"01_data.ipynb": 30.0}}))
+    (tmp_path / "cpu" / "runs" / "a.json").write_text(json.dumps(
+        {"run_id": "a", "wall_time_s": 50.0, "timing": {"cpt_s": 40.0, "it_s": 8.0, "eval_s": 2.0}}))
+    (tmp_path / "cpu" / "runs" / "b.json").write_text(json.dumps({"run_id": "b", "wall_time_s": 9.0}))
+    figures, rows = bench.time_breakdown("cpu")
+    assert figures == {"cpu_reproduce_s": 1200.0}
+    assert rows == [("notebook 01_data.ipynb", 30.0), ("run a cpt_s", 40.0), ("run a it_s", 8.0),
+                    ("run a eval_s", 2.0), ("run b", 9.0)]
+    bench._print_table({"sam_over_adamw": 2.5, "batched_eval_over_per_example": 12.0, "test_s": "not run"})
+    out = capsys.readouterr().out
+    assert "MISSED" in out and " ok" in out and "not run" in out
