@@ -105,8 +105,25 @@ def analysis_rows(profile: str) -> list[dict]:
     return rows
 
 
-def build(profile: str) -> list[dict]:
-    arm_recs = records.load_run_records(profile, kind="arm")
+def current_arm_records(profile: str, cfg: dict | None = None) -> list[dict]:
+    """The profile's arm records whose config is the profile's current one for that arm and seed
+    (records of an older config of the profile are left out: they stay on disk, unused)."""
+    recs = records.load_run_records(profile, kind="arm")
+    if cfg is None:
+        return recs
+    from kl_utils import experiment
+    current = set()
+    for r in recs:
+        try:
+            current.add(experiment.arm_spec(cfg, r["arm"], r["seed"])[2])
+        except ValueError:  # an arm the profile no longer defines
+            pass
+    return [r for r in recs if r["run_id"] in current]
+
+
+def build(profile: str, cfg: dict | None = None) -> list[dict]:
+    """Every claims row of a profile. With `cfg`, only records of its current config count."""
+    arm_recs = current_arm_records(profile, cfg)
     rows = main_rows(arm_recs) + analysis_rows(profile)
     return sorted(rows, key=lambda r: (r["claim"], r.get("budget", ""), r["comparison"]))
 
@@ -116,8 +133,8 @@ def describe(rows: list[dict]) -> list[str]:
     out = []
     for r in rows:
         ci = "" if r["n_seeds"] < 2 else f" [95% CI {float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"
-        out.append(f"{r['claim']} ({r['budget']}-matched) {r['comparison']}: {r['arm_b']} {float(r['mean_b']):.3f} vs "
-                   f"{r['arm_a']} {float(r['mean_a']):.3f}, paired diff {float(r['diff']):+.3f}{ci}, "
+        out.append(f"{r['claim']} ({r['budget']}-matched) {r['comparison']}: {r.get('arm_b', 'b')} {float(r['mean_b']):.3f} vs "
+                   f"{r.get('arm_a', 'a')} {float(r['mean_a']):.3f}, diff {float(r['diff']):+.3f}{ci}, "
                    f"{r['n_seeds']} seeds -> {r['verdict'].upper()}")
     return out
 
@@ -131,7 +148,7 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write(profile: str) -> Path:
+def write(profile: str, cfg: dict | None = None) -> Path:
     """Rebuild results/<profile>/claims.csv from the records (atomically)."""
     import os
     import tempfile
@@ -139,7 +156,7 @@ def write(profile: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".claims.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        f.write(to_csv(build(profile)))
+        f.write(to_csv(build(profile, cfg)))
     os.replace(tmp, path)
     return path
 
@@ -153,8 +170,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=None)
     args = ap.parse_args(argv)
-    profile, _ = load_config(args.profile)
-    path = write(profile)
+    profile, cfg = load_config(args.profile)
+    path = write(profile, cfg)
     print(path.read_text())
 
 

@@ -2,6 +2,8 @@
 figures/<profile>/."""
 from __future__ import annotations
 
+import json
+
 import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves; notebooks keep inline
 import seaborn as sns
 
@@ -15,8 +17,11 @@ def set_style() -> None:
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-def savefig(fig, profile: str, name: str) -> list[str]:
-    """Save as PNG and PDF under figures/<profile>/; returns the paths relative to the project root."""
+def savefig(fig, profile: str, name: str, run_ids=None) -> list[str]:
+    """Save as PNG and PDF under figures/<profile>/; returns the paths relative to the project root.
+    `run_ids`: the run records the figure was drawn from, kept in figures/<profile>/manifest.json
+    (the provenance test checks that each of them exists and matches the profile)."""
+    from kl_utils.records import atomic_write_json
     out = figures_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -24,4 +29,8 @@ def savefig(fig, profile: str, name: str) -> list[str]:
         path = out / f"{name}.{ext}"
         fig.savefig(path)
         paths.append(str(path.relative_to(out.parents[1])))
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest[name] = sorted(set(run_ids)) if run_ids is not None else None
+    atomic_write_json(manifest_path, manifest)
     return paths

@@ -63,6 +63,19 @@ def atomic_write_json(path: Path, obj) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_run_record(profile: str, run_id: str, *, kind: str, config: dict, seed: int,
                      metrics: dict, wall_time_s: float, extra: dict | None = None) -> Path:
     record = {"run_id": run_id, "profile": profile, "kind": kind, "config": config, "seed": seed,

@@ -1,0 +1,191 @@
+"""results/<profile>/REPORT.md: the claims table, the headline numbers, the figures, the exact
+environment and how to reproduce — written from run records only (notebook 06, and again by
+`make reproduce` once the end-to-end wall time is known).
+
+    python -m kl_utils.report --profile cpu [--readme]   # --readme: refresh README's headline block
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from kl_utils import claims, figures, records, stats
+from kl_utils.config import load_config
+from kl_utils.paths import ROOT, figures_dir, results_dir
+
+# What the paper says (STUDY.md), one line per claim.
+PAPER = {
+    "C1": "fact tokens act as labels: predicting a fact in unseen paraphrases tracks answering questions about it",
+    "C2": "more distinct paraphrases per fact raise held-out QA; repeating one document does not",
+    "C3": "CPT on formatting-augmented documents beats plain CPT on held-out QA, changing no fact",
+    "C4": "SAM (AdamW base) beats AdamW on held-out QA and finds flatter minima",
+    "C5": "augmentation + SAM is at least as good as either alone",
+    "C6": "augmented QA pairs and SAM during instruction tuning also help, also in the PIT order",
+    "C7": "with paraphrased documents, formatting augmentation and SAM on top give further gains",
+}
+README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+def _num(x, digits=3):
+    try:
+        return f"{float(x):.{digits}f}"
+    except (TypeError, ValueError):
+        return "—"
+
+
+def claims_markdown(rows: list[dict]) -> str:
+    lines = ["| claim | the paper says | comparison (b vs a) | budget | metric | a | b | paired diff b − a [95% CI] | seeds | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if _num(r.get("ci_low")) not in ("—", "nan") else "(no CI)"
+        arms = f": `{r['arm_b']}` vs `{r['arm_a']}`" if r.get("arm_a") else ""
+        lines.append(f"| {r['claim']} | {PAPER.get(r['claim'], '')} | {r['comparison']}{arms} "
+                     f"| {r['budget']} | {r['metric']} | {_num(r['mean_a'])} | {_num(r['mean_b'])} | {_num(r['diff'], 3)} {ci} "
+                     f"| {r['n_seeds']} | **{r['verdict']}** |")
+    return "\n".join(lines)
+
+
+def headline_markdown(arm_recs: list[dict]) -> str:
+    """Held-out QA per headline arm (mean ± 95% CI over seeds), both budgets."""
+    df = figures.arm_frame(arm_recs) if arm_recs else None
+    lines = ["| arm | step-matched: held-out EM (mean ± 95% CI) | seeds | epoch-matched: held-out EM | seeds |",
+             "|---|---|---|---|---|"]
+    if df is None:
+        return "\n".join(lines)
+    for i, label in enumerate(["AdamW (baseline)", "+ format augmentation", "+ SAM", "+ format + SAM"]):
+        cells = []
+        for budget in ("steps", "epochs"):
+            arm = figures.HEADLINE[budget][i]
+            vals = df[df.arm == arm].test_em
+            cells += [stats.fmt(stats.mean_ci(vals)) if len(vals) else "not run", str(len(vals))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def environment_markdown(profile: str, recs: list[dict]) -> str:
+    commits = sorted({r["env"]["git_commit"] for r in recs if "env" in r})
+    env = recs[-1]["env"] if recs else records.environment()
+    timing_path = results_dir(profile) / "timing.json"
+    if timing_path.exists():
+        t = json.loads(timing_path.read_text())
+        wall = f"{t['wall_time_s']} s end to end (`make reproduce PROFILE={profile}`); per notebook: " + \
+               ", ".join(f"{k} {v} s" for k, v in t["per_notebook_s"].items())
+    else:
+        wall = f"{sum(r.get('wall_time_s', 0) for r in recs):.0f} s summed over run records (no timing.json yet)"
+    pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    return "\n".join([f"- profile: `{profile}`", f"- git commit(s) of the run records: {', '.join(f'`{c}`' for c in commits)}",
+                      f"- packages: {pk}", f"- python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
+                      f"GPU: {env.get('cuda') or 'none'}", f"- wall time: {wall}"])
+
+
+def write_report(profile: str, cfg: dict) -> Path:
+    arm_recs = claims.current_arm_records(profile, cfg)
+    all_recs = records.load_run_records(profile)
+    rows = claims.build(profile, cfg)
+    manifest_path = figures_dir(profile) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    figs = "\n".join(f"- [{name}](../../figures/{profile}/{name}.png) ([PDF](../../figures/{profile}/{name}.pdf))"
+                     for name in sorted(manifest)) or "(no figures yet)"
+    text = f"""# Report — profile `{profile}`
+
+Written by `notebooks/06_results.ipynb` (and refreshed by `make reproduce`) from {len(all_recs)} run records in
+`results/{profile}/runs/`; the claims table is `results/{profile}/claims.csv`. Every number below comes from
+those records.
+
+## Headline: held-out QA exact match
+{headline_markdown(arm_recs)}
+
+## Claims
+Verdict: *supported* when the 95% CI of the paired difference is above 0, *contradicted* when below 0,
+*inconclusive* when it contains 0.
+
+{claims_markdown(rows)}
+
+## Figures
+{figs}
+
+## Environment
+{environment_markdown(profile, all_recs)}
+
+## Reproduce
+```
+make reproduce PROFILE={profile}        # every notebook, in order; finished runs are reused
+python -m kl_utils.claims --profile {profile}   # rebuild claims.csv from the records
+python -m kl_utils.report --profile {profile}   # rebuild this report
+```
+"""
+    path = results_dir(profile) / "REPORT.md"
+    records.atomic_write_text(path, text)
+    return path
+
+
+def update_readme(profile: str, cfg: dict, readme: Path = ROOT / "README.md") -> bool:
+    """Replace README's headline block (between the markers) with the report's table."""
+    text = readme.read_text()
+    block = f"{README_START}\n{headline_markdown(claims.current_arm_records(profile, cfg))}\n{README_END}"
+    new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--readme", action="store_true", help="also refresh README's headline block")
+    args = ap.parse_args(argv)
+    profile, cfg = load_config(args.profile)
+    claims.write(profile, cfg)
+    print(f"wrote {write_report(profile, cfg)}")
+    if args.readme:
+        print("README headline block", "updated" if update_readme(profile, cfg) else "unchanged")
+
+
+if __name__ == "__main__":
+    main()
+
+
+def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> list[str]:
+    """Everything a reader sees must have run records behind it, of the profile's current config:
+    claims.csv equal to its rebuild from the records, every run id a table row or a figure names
+    present in results/<profile>/runs, every arm record named there matching the profile's current
+    arm config, every figure in the manifest, and (optionally) README's headline block equal to
+    the report's. Returns the problems found (empty: all good)."""
+    from kl_utils import experiment
+    problems = []
+    runs = {r["run_id"]: r for r in records.load_run_records(profile)}
+    path = results_dir(profile) / "claims.csv"
+    if not path.exists():
+        return [f"{path} is missing"]
+    rows = claims.build(profile, cfg)
+    if path.read_text() != claims.to_csv(rows):
+        problems.append(f"{path} differs from its rebuild from the run records (python -m kl_utils.claims --profile {profile})")
+    named = {f"claims.csv row {r['claim']} {r['comparison']} ({r['budget']})": (r.get("run_ids") or "").split() for r in rows}
+    manifest_path = figures_dir(profile) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    for png in sorted(figures_dir(profile).glob("*.png")):
+        if png.stem not in manifest:
+            problems.append(f"figure {png.name} has no manifest entry (no run records behind it)")
+    for name, ids in manifest.items():
+        if not ids:
+            problems.append(f"figure {name} names no run records")
+        named[f"figure {name}"] = ids or []
+    for where, ids in named.items():
+        for run_id in ids:
+            rec = runs.get(run_id)
+            if rec is None:
+                problems.append(f"{where}: run record {run_id} does not exist")
+            elif rec.get("kind") == "arm":
+                try:
+                    current = experiment.arm_spec(cfg, rec["arm"], rec["seed"])[2]
+                except ValueError:
+                    current = None
+                if current != run_id:
+                    problems.append(f"{where}: run record {run_id} does not match the profile's current config of arm {rec['arm']!r}")
+    if readme is not None:
+        block = f"{README_START}\n{headline_markdown(claims.current_arm_records(profile, cfg))}\n{README_END}"
+        if block not in readme.read_text():
+            problems.append(f"{readme.name}'s headline block differs from the {profile} report (python -m kl_utils.report --profile {profile} --readme)")
+    return problems

@@ -1,0 +1,45 @@
+"""Provenance: every committed table row and figure has run records behind it, of the profile's
+current config, and the README's headline numbers are the cpu report's."""
+import json
+
+import pytest
+
+from kl_utils import claims, paths, plots, records, report
+from kl_utils.config import read_profile
+
+ROOT = paths.ROOT
+
+
+@pytest.mark.skipif(not (ROOT / "results" / "cpu" / "claims.csv").exists(), reason="no committed cpu results")
+def test_committed_cpu_results_have_records_behind_them():
+    problems = report.provenance_problems("cpu", read_profile("cpu"), readme=ROOT / "README.md")
+    assert not problems, "\n".join(problems)
+
+
+def _arm(profile, cfg, arm, seed, em):
+    from kl_utils import experiment
+    _, spec, run_id = experiment.arm_spec(cfg, arm, seed)
+    records.write_run_record(profile, run_id, kind="arm", config=spec, seed=seed, metrics={"test_em": em, "valid_em": em},
+                             wall_time_s=1.0, extra={"arm": arm, "optimizer_steps": {"cpt": 1}})
+    return run_id
+
+
+def test_provenance_check_catches_missing_and_stale_records(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.delenv("KL_RESULTS_ROOT", raising=False)
+    cfg = read_profile("smoke")
+    ids = [_arm("toy", cfg, arm, s, 0.1 * s + (arm == "sam") * 0.05) for arm in ("baseline", "sam") for s in range(3)]
+    claims.write("toy", cfg)
+    fig = plt.figure()
+    plots.savefig(fig, "toy", "ok", run_ids=ids)
+    assert report.provenance_problems("toy", cfg) == []
+    # a figure without records, a record that disappeared, and a profile whose config moved on
+    plots.savefig(fig, "toy", "orphan")
+    (tmp_path / "figures" / "toy" / "stray.png").write_bytes(b"")
+    (tmp_path / "results" / "toy" / "runs" / f"{ids[0]}.json").unlink()
+    problems = "\n".join(report.provenance_problems("toy", cfg))
+    assert "figure orphan names no run records" in problems and "stray.png has no manifest entry" in problems
+    assert f"run record {ids[0]} does not exist" in problems and "differs from its rebuild" in problems
+    cfg2 = dict(cfg, cpt={**cfg["cpt"], "lr": 0.5})
+    assert "does not match the profile's current config" in "\n".join(report.provenance_problems("toy", cfg2))
