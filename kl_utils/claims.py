@@ -46,7 +46,6 @@ COMPARISONS = [
     ("C7", "para4", "para4_format_sam_steps", "steps", "format + SAM on top of 4 paraphrases per person"),
     ("C7", "para4_eda", "para4_format", "epochs", "formatting vs EDA rewriting on top of paraphrases"),
 ]
-ANALYSIS_MODULES = ("kl_utils.probe", "kl_utils.diversity", "kl_utils.sharpness")
 
 
 def _fmt(x):
@@ -91,17 +90,26 @@ def main_rows(recs: list[dict]) -> list[dict]:
     return rows
 
 
-def analysis_rows(profile: str) -> list[dict]:
-    """Rows from the analysis modules (C1 probe, C2 diversity, sharpness), when present."""
+def analysis_records(profile: str, cfg: dict | None) -> dict[str, list[dict]]:
+    """The records each analysis module reads, of the profile's current settings only: diversity
+    runs of the current data / model / analysis config, and probe / sharpness measurements of the
+    current main-experiment runs."""
+    from kl_utils import diversity
+    current = {r["run_id"] for r in current_arm_records(profile, cfg)}
+    div = diversity.load_records(profile, cfg) if cfg is not None else records.load_run_records(profile, kind="diversity")
+    of_current = lambda kind: [r for r in records.load_run_records(profile, kind=kind) if r.get("source_run_id") in current]
+    probe_arm, sharp = of_current("probe_arm"), of_current("sharpness")
+    return {"kl_utils.probe": div + probe_arm, "kl_utils.diversity": div, "kl_utils.sharpness": sharp}
+
+
+def analysis_rows(profile: str, cfg: dict | None = None) -> list[dict]:
+    """Rows from the analysis modules (C1 probe, C2 diversity, sharpness), with the run ids of
+    the records each module's rows were computed from."""
     rows = []
-    all_recs = records.load_run_records(profile)
-    for name in ANALYSIS_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(mod, "claim_rows"):
-            rows += mod.claim_rows(all_recs)
+    for name, recs in analysis_records(profile, cfg).items():
+        mod = importlib.import_module(name)
+        ids = " ".join(sorted(r["run_id"] for r in recs))
+        rows += [dict(r, run_ids=ids) for r in mod.claim_rows(recs)]
     return rows
 
 
@@ -124,7 +132,7 @@ def current_arm_records(profile: str, cfg: dict | None = None) -> list[dict]:
 def build(profile: str, cfg: dict | None = None) -> list[dict]:
     """Every claims row of a profile. With `cfg`, only records of its current config count."""
     arm_recs = current_arm_records(profile, cfg)
-    rows = main_rows(arm_recs) + analysis_rows(profile)
+    rows = main_rows(arm_recs) + analysis_rows(profile, cfg)
     return sorted(rows, key=lambda r: (r["claim"], r.get("budget", ""), r["comparison"]))
 
 

@@ -17,10 +17,11 @@ def set_style() -> None:
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
 
 
-def savefig(fig, profile: str, name: str, run_ids=None) -> list[str]:
+def savefig(fig, profile: str, name: str, run_ids=None, source: str | None = None) -> list[str]:
     """Save as PNG and PDF under figures/<profile>/; returns the paths relative to the project root.
-    `run_ids`: the run records the figure was drawn from, kept in figures/<profile>/manifest.json
-    (the provenance test checks that each of them exists and matches the profile)."""
+    The figure's provenance goes to figures/<profile>/manifest.json: `run_ids`, the run records it
+    was drawn from (the provenance test checks each exists and matches the profile), or, for a
+    figure of generated data rather than of runs, `source` saying what it was computed from."""
     from kl_utils.records import atomic_write_json
     out = figures_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
@@ -31,6 +32,6 @@ def savefig(fig, profile: str, name: str, run_ids=None) -> list[str]:
         paths.append(str(path.relative_to(out.parents[1])))
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest[name] = sorted(set(run_ids)) if run_ids is not None else None
+    manifest[name] = {"run_ids": sorted(set(list(run_ids) if run_ids is not None else [])), **({"source": source} if source else {})}
     atomic_write_json(manifest_path, manifest)
     return paths

@@ -168,10 +168,11 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
     for png in sorted(figures_dir(profile).glob("*.png")):
         if png.stem not in manifest:
             problems.append(f"figure {png.name} has no manifest entry (no run records behind it)")
-    for name, ids in manifest.items():
-        if not ids:
-            problems.append(f"figure {name} names no run records")
-        named[f"figure {name}"] = ids or []
+    for name, entry in manifest.items():
+        ids = (entry or {}).get("run_ids") or []
+        if not ids and not (entry or {}).get("source"):
+            problems.append(f"figure {name} names no run records (and no data source)")
+        named[f"figure {name}"] = ids
     for where, ids in named.items():
         for run_id in ids:
             rec = runs.get(run_id)

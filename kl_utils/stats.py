@@ -42,3 +42,52 @@ def fmt(ci: dict, digits: int = 3) -> str:
     if math.isnan(ci["half_width"]):
         return f"{ci['mean']:.{digits}f} (n={ci['n']})"
     return f"{ci['mean']:.{digits}f} ± {ci['half_width']:.{digits}f}"
+
+
+def _rank(xs):
+    """Average ranks (ties share their mean rank), for Spearman's rho."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def correlation(x, y, method: str = "pearson") -> float:
+    """Pearson's r, or Spearman's rho (Pearson on ranks); nan when either side is constant."""
+    x, y = [float(v) for v in x], [float(v) for v in y]
+    if method == "spearman":
+        x, y = _rank(x), _rank(y)
+    elif method != "pearson":
+        raise ValueError(f"unknown correlation {method!r}; valid: pearson, spearman")
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def bootstrap_corr_ci(x, y, method: str = "pearson", n_boot: int = 2000, seed: int = 0) -> dict:
+    """Correlation and its 95% percentile-bootstrap CI (pairs resampled with replacement;
+    resamples with a constant side are skipped)."""
+    import random
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError("bootstrap_corr_ci: need >= 3 paired values")
+    rng = random.Random(seed)
+    n, boots = len(x), []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        r = correlation([x[i] for i in idx], [y[i] for i in idx], method)
+        if not math.isnan(r):
+            boots.append(r)
+    boots.sort()
+    if not boots:
+        return {"r": correlation(x, y, method), "low": float("nan"), "high": float("nan"), "n": n}
+    return {"r": correlation(x, y, method), "low": boots[int(0.025 * (len(boots) - 1))],
+            "high": boots[int(0.975 * (len(boots) - 1))], "n": n}

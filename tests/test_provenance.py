@@ -33,13 +33,14 @@ def test_provenance_check_catches_missing_and_stale_records(monkeypatch, tmp_pat
     claims.write("toy", cfg)
     fig = plt.figure()
     plots.savefig(fig, "toy", "ok", run_ids=ids)
+    plots.savefig(fig, "toy", "data", source="the generated people of the profile's data config")
     assert report.provenance_problems("toy", cfg) == []
     # a figure without records, a record that disappeared, and a profile whose config moved on
     plots.savefig(fig, "toy", "orphan")
     (tmp_path / "figures" / "toy" / "stray.png").write_bytes(b"")
     (tmp_path / "results" / "toy" / "runs" / f"{ids[0]}.json").unlink()
     problems = "\n".join(report.provenance_problems("toy", cfg))
-    assert "figure orphan names no run records" in problems and "stray.png has no manifest entry" in problems
+    assert "figure orphan names no run records (and no data source)" in problems and "stray.png has no manifest entry" in problems
     assert f"run record {ids[0]} does not exist" in problems and "differs from its rebuild" in problems
     cfg2 = dict(cfg, cpt={**cfg["cpt"], "lr": 0.5})
     assert "does not match the profile's current config" in "\n".join(report.provenance_problems("toy", cfg2))
