@@ -362,7 +362,9 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
         metrics[f"{split}_f1"] = res["f1"]
         metrics[f"{split}_em_per_attribute"] = res["em_per_attribute"]
     timing["eval_s"] += time.time() - t
-    _save_models(model, after_cpt, ckpt)
+    main_process = get_accelerator().is_main_process  # under DDP one process writes models and record
+    if main_process:
+        _save_models(model, after_cpt, ckpt)
     wall = time.time() - t0
     extra = {"arm": arm, "base_run_id": base_record["run_id"] if base_record else None,
              "n_cpt_documents": len(docs), "n_it_examples": len(it_encoded),
@@ -370,8 +372,9 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
              "timing": {k: round(v, 2) for k, v in timing.items()},
              "checkpoint": str(ckpt.relative_to(ckpt.parents[1])),
              "history": {k: _history_summary(h) for k, h in hist.items()}}
-    records.write_run_record(profile, run_id, kind="arm", config=spec, seed=seed, metrics=metrics,
-                             wall_time_s=wall, extra=extra)
+    if main_process:
+        records.write_run_record(profile, run_id, kind="arm", config=spec, seed=seed, metrics=metrics,
+                                 wall_time_s=wall, extra=extra)
     log(f"{arm} seed {seed}: test EM {metrics['test_em']:.3f}, train EM {metrics['train_em']:.3f} ({wall:.0f} s)")
     return {"run_id": run_id, "metrics": metrics, **extra}
 
