@@ -19,6 +19,12 @@ LABELS = {"baseline": "AdamW", "format_steps": "+format", "format": "+format", "
           "sam_every4": "+SAM every 4th step", "it_format_sam": "+format +SAM in IT"}
 
 
+def long_label(arm: str) -> str:
+    """Display name with the budget where two arms share a short label."""
+    suffix = ", step-matched" if arm.endswith("_steps") else ", epoch-matched" if arm in ("format", "format_sam") else ""
+    return LABELS.get(arm, arm) + suffix
+
+
 def arm_frame(recs: list[dict]) -> pd.DataFrame:
     """One row per arm run: metrics, optimizer steps and gradient evaluations (SAM: two per step)."""
     rows = []
@@ -58,7 +64,7 @@ def headline_figure(df: pd.DataFrame, metric: str = "test_em"):
             sns.barplot(data=sub, x="label", y=metric, order=order, errorbar=("ci", 95), ax=ax,
                         hue="label", hue_order=order, legend=False)
             sns.stripplot(data=sub, x="label", y=metric, order=order, color="black", size=3, ax=ax)
-        ax.set(title=f"{budget}-matched budget", xlabel="", ylabel="held-out QA exact match")
+        ax.set(title=f"{budget[:-1]}-matched budget", xlabel="", ylabel="held-out QA exact match")
     fig.suptitle("Held-out QA exact match (bars: mean, 95% CI over seeds; dots: seeds)")
     fig.tight_layout()
     return fig
@@ -75,7 +81,7 @@ def steps_figure(df: pd.DataFrame, metric: str = "test_em"):
         palette = sns.color_palette("colorblind", len(g))
         for (_, row), color in zip(g.iterrows(), palette):
             ax.errorbar(row[x], row["mean"], yerr=row["ci"] if row["n"] > 1 else None, fmt="o", color=color,
-                        capsize=3, label=LABELS.get(row.arm, row.arm) + ("" if row.arm in LABELS else ""))
+                        capsize=3, label=long_label(row.arm))
         ax.set(xlabel=xlabel, ylabel="held-out QA exact match")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="arm (mean, 95% CI)")
     fig.suptitle("Held-out QA against training budget")
