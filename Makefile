@@ -43,6 +43,7 @@ reproduce: check-profile $(STAMP)
 	    -f $(SCRATCH)/parameters.yaml -k $(KERNEL) --cwd notebooks --log-output --log-level WARNING; \
 	  echo "$$(basename $$nb) $$(( $$(date +%s) - start ))" >> $(SCRATCH)/times.txt; \
 	done; $(PY) -m kl_utils.notebooks timing $(PROFILE) $(SCRATCH)/times.txt
+	@$(PY) -m kl_utils.report --profile $(PROFILE)   # the report again, now with the end-to-end wall time
 	@if [ "$(PROFILE)" = cpu ]; then $(PY) -m kl_utils.notebooks publish $(SCRATCH) notebooks; fi
 
 unit: $(STAMP)
