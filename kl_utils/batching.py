@@ -4,7 +4,7 @@ the number of micro-batches per epoch, and hence optimizer steps, is ceil(n / mi
 in every mode, and the loss of a batch is always the mean over its labelled tokens.
 
 - "pad": shuffled in an order fixed by (seed, epoch), right-padded to the longest example of the
-  batch: the same batches as train.epoch_batches(mode="pad").
+  batch (the training loop's default, train.epoch_batches).
 - "bucket": shuffled, then sorted by length within windows of `window` batches and cut into
   batches, whose order is shuffled again: little padding, still random batch composition.
 - "pack": the batches of "pad" (same examples in each), but laid out as rows of `block_len`
@@ -28,7 +28,7 @@ MODES = ("pad", "bucket", "pack")
 
 
 def pad_collate(examples: list[dict], pad_id: int) -> dict:
-    """Right-padded batch; padded positions are masked and carry no loss (= train.collate)."""
+    """Right-padded batch; padded positions are masked and carry no loss."""
     width = max(len(ex["input_ids"]) for ex in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)

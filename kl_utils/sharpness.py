@@ -22,7 +22,7 @@ from kl_utils import data, records, stats
 from kl_utils.config import config_hash
 from kl_utils.paths import results_dir
 from kl_utils.summary import verdict
-from kl_utils.train import collate
+from kl_utils.batching import pad_collate as collate
 
 METRICS = {"worst_case_increase": "worst-case loss increase (L2 ball)",
            "top_eigenvalue": "top Hessian eigenvalue"}

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kl_utils.batching import make_batches
+from kl_utils.batching import pad_collate as collate  # the right-padded batch, kept under its old name
+
 OPTIMIZERS = ("adamw", "sam")
 
 
@@ -51,20 +54,6 @@ def autocast_context(mixed_precision: str, device: torch.device):
     if mixed_precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
-
-
-def collate(examples: list[dict], pad_id: int) -> dict:
-    """Right-padded batch; padded positions are masked and carry no loss."""
-    width = max(len(ex["input_ids"]) for ex in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, ex in enumerate(examples):
-        n = len(ex["input_ids"])
-        ids[i, :n] = torch.tensor(ex["input_ids"])
-        labels[i, :n] = torch.tensor(ex["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:
@@ -121,13 +110,8 @@ def total_steps(n_examples: int, cfg: dict) -> int:
 
 def epoch_batches(examples: list[dict], micro_batch: int, pad_id: int, seed: int, epoch: int, mode: str = "pad"):
     """The micro-batches of one epoch, in an order fixed by (seed, epoch) alone, so a run resumed
-    from a checkpoint sees exactly the batches an uninterrupted run would. mode "pad": shuffled,
-    right-padded to the longest example of the batch; other modes come from kl_utils.batching."""
-    if mode != "pad":
-        from kl_utils.batching import make_batches
-        return make_batches(examples, micro_batch, pad_id, seed, epoch, mode)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    return [collate([examples[j] for j in order[i:i + micro_batch]], pad_id) for i in range(0, len(order), micro_batch)]
+    from a checkpoint sees exactly the batches an uninterrupted run would (kl_utils.batching)."""
+    return make_batches(examples, micro_batch, pad_id, seed, epoch, mode)
 
 
 def _save_checkpoint(path, state: dict) -> None:

@@ -16,6 +16,20 @@ def shared_dir():
     return SHARED
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """The word-level tokenizer of the synthetic data (shared by the test modules)."""
+    from kl_utils.experiment import vocabulary_texts
+    from kl_utils.tokenizer import build_word_tokenizer
+    return build_word_tokenizer(vocabulary_texts())
+
+
+@pytest.fixture(scope="module")
+def people():
+    from kl_utils import data
+    return data.build_people(TINY_DATA)
+
+
 TINY_DATA = {"seed": 3, "n_base": 20, "n_new": 20, "splits": {"train": 0.5, "valid": 0.1, "test": 0.4},
              "n_train_templates": 5, "base_paraphrases": 2, "new_paraphrases": 3,
              "permute_paraphrases": True, "name_every_sentence": False}

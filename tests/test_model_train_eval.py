@@ -6,24 +6,13 @@ import pytest
 import torch
 
 from kl_utils import data, evaluate, train
-from kl_utils.experiment import vocabulary_texts
 from kl_utils.model import build_model, load_model, n_parameters
-from kl_utils.tokenizer import build_word_tokenizer, load_tokenizer
+from kl_utils.tokenizer import load_tokenizer
 from tests.conftest import TINY_DATA
 
 TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
 TRAIN = {"epochs": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.0, "betas": [0.9, 0.98],
          "warmup_frac": 0.05, "min_lr_frac": 0.1, "grad_clip": 1.0, "optimizer": "adamw"}
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_word_tokenizer(vocabulary_texts())
-
-
-@pytest.fixture(scope="module")
-def people():
-    return data.build_people(TINY_DATA)
 
 
 def test_build_model_is_seeded(tok):

@@ -6,21 +6,9 @@ import pytest
 import torch
 
 from kl_utils import bios, data, probe, stats
-from kl_utils.experiment import vocabulary_texts
 from kl_utils.model import build_model
-from kl_utils.tokenizer import build_word_tokenizer
 from kl_utils.train import train
 from tests.conftest import TINY_DATA
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_word_tokenizer(vocabulary_texts())
-
-
-@pytest.fixture(scope="module")
-def people():
-    return data.build_people(TINY_DATA)
 
 
 def test_heldout_spans_are_exact(people):
