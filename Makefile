@@ -10,13 +10,14 @@ PROFILES := $(basename $(notdir $(wildcard profiles/*.yaml)))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 SCRATCH  := results/$(PROFILE)/scratch
 
-.PHONY: env reproduce test unit nbval lab bench clean-env check-profile help
+.PHONY: env reproduce test unit nbval lab bench controls clean-env check-profile help
 
 help:
 	@echo "make reproduce [PROFILE=$(PROFILES)]   run every notebook in order (default: cpu)"
 	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
 	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
 	@echo "make bench                              speed benchmarks (ratios measured side by side)"
+	@echo "make controls                           the saturation and IT-side control grids of cpu-full (~45 min)"
 
 env: $(STAMP)
 
@@ -62,6 +63,11 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m kl_utils.bench
+
+# The controls notebook 06 reads (cpu: from cpu-full); then `make reproduce` redraws them.
+controls: $(STAMP)
+	$(PY) -m kl_utils.run --profile cpu-full --grid saturation
+	$(PY) -m kl_utils.run --profile cpu-full --grid it_side
 
 clean-env:
 	rm -rf $(VENV)

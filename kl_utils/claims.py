@@ -42,6 +42,19 @@ COMPARISONS = [
     ("C6", "baseline", "it_format", "epochs", "augmented QA during IT vs plain IT"),
     ("C6", "baseline", "it_sam", "epochs", "SAM during IT vs AdamW"),
     ("C6", "pit", "pit_format_sam", "epochs", "format + SAM in the pre-instruction-tuning order"),
+    # The saturation control (cpu-full grid `saturation`): each method against AdamW trained as many
+    # optimizer steps ("steps") or as many gradient evaluations ("compute"); and whether AdamW is
+    # still improving with more CPT epochs ("regime": if so, the miniature is under-trained).
+    ("C3", "baseline_ep48", "format_ep24", "steps", "formatting vs plain CPT for as many steps, 2x epochs"),
+    ("C4", "baseline_2x", "sam_ep24", "steps", "SAM vs AdamW, both at 2x epochs"),
+    ("C4", "baseline_ep48", "sam_ep24", "compute", "SAM at 2x epochs vs AdamW with as many gradient evaluations"),
+    ("C5", "baseline_2x", "format_sam", "steps", "format + SAM vs plain CPT for as many steps"),
+    ("C5", "baseline_ep48", "format_sam", "compute", "format + SAM vs AdamW with as many gradient evaluations"),
+    ("C5", "baseline_ep48", "format_sam_ep24", "steps", "format + SAM vs plain CPT for as many steps, 2x epochs"),
+    ("C5", "baseline_ep96", "format_sam_ep24", "compute", "format + SAM at 2x epochs vs AdamW with as many gradient evaluations"),
+    ("regime", "baseline", "baseline_2x", "epochs", "AdamW: 2x vs 1x the CPT epochs"),
+    ("regime", "baseline_2x", "baseline_ep48", "epochs", "AdamW: 4x vs 2x the CPT epochs"),
+    ("regime", "baseline_ep48", "baseline_ep96", "epochs", "AdamW: 8x vs 4x the CPT epochs"),
     ("C7", "para4", "para4_format_sam", "epochs", "format + SAM on top of 4 paraphrases per person"),
     ("C7", "para4", "para4_format_sam_steps", "steps", "format + SAM on top of 4 paraphrases per person"),
     ("C7", "para4_eda", "para4_format", "epochs", "formatting vs EDA rewriting on top of paraphrases"),
@@ -134,6 +147,13 @@ def build(profile: str, cfg: dict | None = None) -> list[dict]:
     arm_recs = current_arm_records(profile, cfg)
     rows = main_rows(arm_recs) + analysis_rows(profile, cfg)
     return sorted(rows, key=lambda r: (r["claim"], r.get("budget", ""), r["comparison"]))
+
+
+def rows_of_arms(rows: list[dict], arms) -> list[dict]:
+    """The arm-comparison rows whose two arms (learning-rate variants count as their arm) are in `arms`."""
+    arms = set(arms)
+    base = lambda a: (a or "").split("@")[0]
+    return [r for r in rows if base(r.get("arm_a")) in arms and base(r.get("arm_b")) in arms]
 
 
 def describe(rows: list[dict]) -> list[str]:

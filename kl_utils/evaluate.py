@@ -1,4 +1,4 @@
-"""QA evaluation: batched greedy decoding (KV cache, left padding) and exact match after
+"""QA evaluation: batched greedy decoding (KV cache, left padding, finished rows dropped) and exact match after
 SQuAD-style normalization. Stopping rule, the same for every arm: an answer ends at EOS or at
 the first newline, whichever comes first (or after max_new_tokens)."""
 from __future__ import annotations
@@ -47,9 +47,48 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
+def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                  stop_ids: list[int], pad_id: int) -> torch.Tensor:
+    """Greedy continuations of left-padded prompts with a KV cache: (batch, max_new_tokens), pad after
+    the stop token. Unlike `generate`, a row leaves the batch (and the cache) as soon as it emits a
+    stop token, so a batch costs what its answers need, not max_new_tokens of its longest one;
+    argmax decoding, so the tokens are those of `generate(do_sample=False)`."""
+    from transformers import DynamicCache
+    batch = input_ids.shape[0]
+    # Left padding: a row's positions start at 0 at its first real token, as in `generate`.
+    position = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    stops = torch.tensor(stop_ids, device=input_ids.device)
+    result = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
+    alive = torch.arange(batch, device=input_ids.device)
+    mask, last = attention_mask, position[:, -1:]
+    for step in range(max_new_tokens):
+        token = out.logits[:, -1].argmax(-1)
+        result[alive, step] = token
+        going = ~torch.isin(token, stops)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(1)
+            alive, token, mask, last = alive[keep], token[keep], mask[keep], last[keep]
+            cache.batch_select_indices(keep)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        last = last + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return result
+
+
+@torch.no_grad()
 def generate_answers(model, tokenizer, examples: list[dict], *, batch_size: int = 128,
-                     max_new_tokens: int = 16) -> list[str]:
-    """Greedy answers to QA_PROMPT-formatted questions, batched with left padding."""
+                     max_new_tokens: int = 16, decoder: str = "kv") -> list[str]:
+    """Greedy answers to QA_PROMPT-formatted questions, batched with left padding.
+    decoder: "kv" (greedy_decode: finished rows leave the batch) or "hf" (`model.generate`, for
+    models whose forward does not take position_ids / logits_to_keep)."""
+    if decoder not in ("kv", "hf"):
+        raise ValueError(f"decoder must be 'kv' or 'hf', not {decoder!r}")
     model.eval()
     device = next(model.parameters()).device
     prompts = encode_prompts(examples, tokenizer)
@@ -66,10 +105,14 @@ def generate_answers(model, tokenizer, examples: list[dict], *, batch_size: int 
         for row, i in enumerate(idx):
             ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad)
+        ids, mask = ids.to(device), mask.to(device)
+        if decoder == "kv":
+            new_tokens = greedy_decode(model, ids, mask, max_new_tokens=max_new_tokens, stop_ids=stops, pad_id=pad)
+        else:
+            new_tokens = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                        eos_token_id=stops, pad_token_id=pad)[:, width:]
         for row, i in enumerate(idx):
-            new = out[row, width:].tolist()
+            new = new_tokens[row].tolist()
             cut = next((k for k, t in enumerate(new) if t in stops), len(new))
             answers[i] = tokenizer.decode(new[:cut], skip_special_tokens=True).split("\n")[0].strip()
     return answers

@@ -117,7 +117,7 @@ def _history_summary(history: dict, every: int = 1) -> dict:
 
 def _eval(model, tok, ds, split, cfg) -> dict:
     res = evaluate.evaluate_qa(model, tok, data.qa_examples(ds, split), batch_size=cfg["eval"]["batch_size"],
-                               max_new_tokens=cfg["eval"]["max_new_tokens"])
+                               max_new_tokens=cfg["eval"]["max_new_tokens"], decoder=cfg["eval"].get("decoder", "kv"))
     res.pop("predictions")
     return res
 
@@ -160,7 +160,7 @@ def base_model(profile: str, cfg: dict, ds, tok, log=print):
     history = train(model, examples, cfg["base"], seed=seed, pad_id=tok.pad_token_id, desc="base pre-training")
     heldout_qa = [dict(x) for row in heldout_people for x in row["qa"]]
     res = evaluate.evaluate_qa(model, tok, heldout_qa, batch_size=cfg["eval"]["batch_size"],
-                               max_new_tokens=cfg["eval"]["max_new_tokens"])
+                               max_new_tokens=cfg["eval"]["max_new_tokens"], decoder=cfg["eval"].get("decoder", "kv"))
     res.pop("predictions")
     metrics = {"base_heldout_qa_em": res["em"], "base_heldout_qa_em_per_attribute": res["em_per_attribute"],
                "n_parameters": n_parameters(model), "final_loss": history["loss"][-1]}

@@ -16,13 +16,27 @@ HEADLINE = {"steps": ["baseline", "format_steps", "sam", "format_sam_steps"],
             "epochs": ["baseline", "format", "sam", "format_sam"]}
 LABELS = {"baseline": "AdamW", "format_steps": "+format", "format": "+format", "sam": "+SAM",
           "format_sam_steps": "+format +SAM", "format_sam": "+format +SAM", "baseline_2x": "AdamW, 2x epochs",
-          "sam_every4": "+SAM every 4th step", "it_format_sam": "+format +SAM in IT"}
+          "sam_every4": "+SAM every 4th step", "it_format_sam": "+format +SAM in IT",
+          "it_format": "+format in IT", "it_sam": "+SAM in IT", "it_format_sam_steps": "+format +SAM in IT",
+          "baseline@lrx2.0": "AdamW, lr x2", "baseline@lrx4.0": "AdamW, lr x4", "baseline@lrx0.5": "AdamW, lr x0.5"}
+# The saturation control (cpu-full grid `saturation`): AdamW at 0.5x ... 8x the CPT epochs, and the
+# methods at 1x and 2x; each method point has AdamW points at its optimizer steps and at its
+# gradient evaluations.
+SATURATION_CURVE = ["baseline_ep6", "baseline", "baseline_2x", "baseline_ep48", "baseline_ep96"]
+SATURATION_POINTS = ["format", "format_ep24", "sam", "sam_ep24", "format_sam", "format_sam_ep24",
+                     "baseline@lrx2.0", "baseline@lrx4.0"]
 
 
 def long_label(arm: str) -> str:
     """Display name with the budget where two arms share a short label."""
-    suffix = ", step-matched" if arm.endswith("_steps") else ", epoch-matched" if arm in ("format", "format_sam") else ""
+    suffix = (", step-matched" if arm.endswith("_steps") else
+              ", epoch-matched" if arm in ("format", "format_sam", "it_format_sam") else "")
     return LABELS.get(arm, arm) + suffix
+
+
+def _grads_per_step(stage_cfg: dict) -> float:
+    """Gradient evaluations per optimizer step: SAM two (1 + 1/k when it perturbs every k-th step)."""
+    return (1 + 1 / stage_cfg.get("sam_every_k", 1)) if stage_cfg.get("optimizer") == "sam" else 1
 
 
 def arm_frame(recs: list[dict]) -> pd.DataFrame:
@@ -32,12 +46,14 @@ def arm_frame(recs: list[dict]) -> pd.DataFrame:
         cfg, steps = r["config"], r.get("optimizer_steps", {})
         grads = 0
         for stage, n in steps.items():
-            c = cfg.get("it" if stage == "pit" else stage, {})
-            grads += n * ((1 + 1 / c.get("sam_every_k", 1)) if c.get("optimizer") == "sam" else 1)
+            grads += n * _grads_per_step(cfg.get("it" if stage == "pit" else stage, {}))
         rows.append({"arm": r["arm"], "seed": r["seed"], "budget": cfg.get("budget", "epochs"),
                      "run_id": r["run_id"], **{m: r["metrics"].get(m) for m in
                                                ("test_em", "valid_em", "train_em", "test_em_before_it", "test_f1")},
                      "cpt_steps": steps.get("cpt", 0), "total_steps": sum(steps.values()), "grad_evals": grads,
+                     "cpt_grad_evals": steps.get("cpt", 0) * _grads_per_step(cfg.get("cpt", {})),
+                     "cpt_epochs": cfg.get("cpt", {}).get("epochs"), "cpt_lr": cfg.get("cpt", {}).get("lr"),
+                     "it_steps": steps.get("it", 0),
                      "wall_s": r["wall_time_s"]})
     return pd.DataFrame(rows)
 
@@ -135,3 +151,69 @@ def rho_k_figure(abl: pd.DataFrame, metric: str = "test_em"):
     ax.set(title="format + SAM: rho x k (step-matched)", xlabel="SAM radius rho", ylabel="formatted copies k")
     fig.tight_layout()
     return fig
+
+
+def saturation_figure(df: pd.DataFrame, metric: str = "test_em"):
+    """Held-out QA against CPT optimizer steps and against CPT gradient evaluations: AdamW's curve
+    over CPT epochs (line) and each method (markers). A method beats training longer only if its
+    point lies above the AdamW curve at its own x."""
+    g = df.groupby("arm").agg(mean=(metric, "mean"), n=(metric, "size"), steps=("cpt_steps", "mean"),
+                              grads=("cpt_grad_evals", "mean"), epochs=("cpt_epochs", "mean")).reset_index().set_index("arm")
+    g["ci"] = [stats.mean_ci(df[df.arm == a][metric])["half_width"] if n > 1 else 0.0 for a, n in g["n"].items()]
+    curve = [a for a in SATURATION_CURVE if a in g.index]
+    points = [a for a in SATURATION_POINTS if a in g.index]
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True)
+    markers = dict(zip(points, "s^DvPX*o"))
+    palette = dict(zip(points, sns.color_palette("colorblind", len(points) + 1)[1:]))
+    for ax, x, xlabel in zip(axes, ("steps", "grads"), ("CPT optimizer steps", "CPT gradient evaluations (SAM: 2 per step)")):
+        c = g.loc[curve]
+        ax.errorbar(c[x], c["mean"], yerr=c["ci"], fmt="-o", color="0.35", capsize=3, label="AdamW, CPT epochs as marked")
+        for a in curve:
+            ax.annotate(f"{g.loc[a, 'epochs']:.0f} ep", (c.loc[a, x], c.loc[a, "mean"]), textcoords="offset points",
+                        xytext=(5, -12), fontsize=7, color="0.35")
+        for a in points:
+            name = LABELS.get(a.split("_ep")[0], a)
+            ax.errorbar(g.loc[a, x], g.loc[a, "mean"], yerr=g.loc[a, "ci"], fmt=markers[a], color=palette[a], capsize=3,
+                        markersize=7, label=f"{name}, {g.loc[a, 'epochs']:.0f} CPT epochs")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel=xlabel, ylabel="held-out QA exact match")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="mean, 95% CI over seeds")
+    fig.suptitle("Is the miniature trained to convergence? Held-out QA against CPT budget")
+    fig.tight_layout()
+    return fig
+
+
+def budget_table(df: pd.DataFrame, arms: list[str], metric: str = "test_em") -> pd.DataFrame:
+    """Per arm (in the given order, those present): CPT epochs, lr, optimizer steps and gradient
+    evaluations, and validation / held-out / train-half EM (held-out: mean ± 95% CI)."""
+    rows = []
+    for arm in [a for a in arms if a in set(df.arm)]:
+        g = df[df.arm == arm]
+        ci = stats.mean_ci(g[metric])
+        rows.append({"arm": arm, "CPT epochs": g.cpt_epochs.iloc[0], "CPT lr": g.cpt_lr.iloc[0],
+                     "CPT steps": int(g.cpt_steps.mean()), "CPT grad evals": int(g.cpt_grad_evals.mean()),
+                     "IT steps": int(g.it_steps.mean()), "seeds": ci["n"], "valid EM": g.valid_em.mean(),
+                     "held-out EM": ci["mean"], "± 95% CI": ci["half_width"], "train-half EM": g.train_em.mean(),
+                     "EM before IT": g.test_em_before_it.mean()})
+    return pd.DataFrame(rows).set_index("arm")
+
+
+IT_SIDE = ["baseline", "it_format", "it_sam", "it_format_sam_steps", "it_format_sam"]
+
+
+def it_side_figure(df: pd.DataFrame):
+    """C6 decomposed: QA exact match on the IT people (train half) and on held-out people, for plain
+    IT and IT with formatted QA pairs, SAM, or both (both at the baseline's steps, and epoch-matched)."""
+    arms = [a for a in IT_SIDE if a in set(df.arm)]
+    sub = df[df.arm.isin(arms)].melt(id_vars=["arm", "seed"], value_vars=["train_em", "test_em"],
+                                     var_name="split", value_name="exact match")
+    sub["split"] = sub.split.map({"train_em": "IT people (train half)", "test_em": "held-out people"})
+    sub["label"] = sub.arm.map(long_label)
+    order = [long_label(a) for a in arms]
+    g = sns.catplot(data=sub, x="label", y="exact match", col="split", order=order, kind="bar", errorbar=("ci", 95),
+                    sharey=False, height=3.8, aspect=1.35, hue="label", hue_order=order, legend=False)
+    for ax in g.axes.flat:
+        ax.tick_params(axis="x", rotation=25)
+        ax.set_xlabel("")
+    g.figure.suptitle("IT-side arms (C6): which part hurts? (mean, 95% CI over seeds)", y=1.03)
+    return g.figure

@@ -24,6 +24,7 @@ PAPER = {
     "C5": "augmentation + SAM is at least as good as either alone",
     "C6": "augmented QA pairs and SAM during instruction tuning also help, also in the PIT order",
     "C7": "with paraphrased documents, formatting augmentation and SAM on top give further gains",
+    "regime": "(our control, not a claim of the paper) more CPT epochs still raise the baseline's held-out QA; supported = the shorter run was under-trained",
 }
 README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
 
@@ -80,6 +81,29 @@ def environment_markdown(profile: str, recs: list[dict]) -> str:
                       f"GPU: {env.get('cuda') or 'none'}", f"- wall time: {wall}"])
 
 
+def controls_markdown(profile: str, cfg: dict) -> str:
+    """The controls (notebook 06) when they live in another profile (cpu: cpu-full): its claims rows
+    of the saturation / IT-side grids, from that profile's records, with a pointer to its figures."""
+    other = (cfg.get("controls") or {}).get("profile")
+    if not other or other == profile:
+        return ""
+    from kl_utils.run import grid_cells
+    ocfg = load_config(other)[1]
+    arms = {a for g in ("saturation", "it_side") if g in ocfg.get("grids", {}) for a, _ in grid_cells(ocfg, g)}
+    rows = claims.rows_of_arms(claims.build(other, ocfg), arms)
+    if not rows:
+        return f"## Controls (profile `{other}`)\nNo records yet: `make controls`.\n\n"
+    figs = ", ".join(f"[{n}](../../figures/{other}/{n}.png)" for n in ("controls_saturation", "controls_it_side")
+                     if (figures_dir(other) / f"{n}.png").exists())
+    return f"""## Controls (profile `{other}`, notebook 06)
+The saturation sweep (AdamW at more CPT epochs; the methods against AdamW with as many optimizer steps or
+gradient evaluations) and the IT-side arms of C6, from `results/{other}/claims.csv`. Figures: {figs or "none yet"}.
+
+{claims_markdown(rows)}
+
+"""
+
+
 def write_report(profile: str, cfg: dict) -> Path:
     arm_recs = claims.current_arm_records(profile, cfg)
     all_recs = records.load_run_records(profile)
@@ -90,7 +114,7 @@ def write_report(profile: str, cfg: dict) -> Path:
                      for name in sorted(manifest)) or "(no figures yet)"
     text = f"""# Report — profile `{profile}`
 
-Written by `notebooks/06_results.ipynb` (and refreshed by `make reproduce`) from {len(all_recs)} run records in
+Written by `notebooks/07_results.ipynb` (and refreshed by `make reproduce`) from {len(all_recs)} run records in
 `results/{profile}/runs/`; the claims table is `results/{profile}/claims.csv`. Every number below comes from
 those records.
 
@@ -103,7 +127,7 @@ Verdict: *supported* when the 95% CI of the paired difference is above 0, *contr
 
 {claims_markdown(rows)}
 
-## Figures
+{controls_markdown(profile, cfg)}## Figures
 {figs}
 
 ## Environment

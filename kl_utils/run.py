@@ -13,6 +13,7 @@ estimated cost, shows the ETA.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -66,20 +67,34 @@ def estimated_cost(cfg: dict, ds, arm: str) -> float:
 def _run_cell(profile: str, cfg: dict, arm: str, seed: int, threads: int) -> dict:
     """One run in a worker process (quiet: the parent's bar reports progress)."""
     import torch
-    os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(threads)
     cfg = dict(cfg, threads=threads)
     ds, tok, _ = experiment.prepare_data(profile, cfg)
     return experiment.run_arm(profile, cfg, ds, tok, arm=arm, seed=seed, log=lambda *a, **k: None)
 
 
+@contextlib.contextmanager
+def _environ(**values):
+    """Set environment variables for the duration of the block (inherited by processes started in it)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int = 2, log=print) -> list[dict]:
     """Run every cell that has no record yet; returns the arm records of all cells."""
     ds, tok, _ = experiment.prepare_data(profile, cfg)
-    if cfg["base"].get("enabled", True):  # once, with all threads, before the workers need it
-        experiment.base_model(profile, cfg, ds, tok, log=log)
     done = {r["run_id"] for r in records.load_run_records(profile, kind="arm")}
     todo = [(arm, seed) for arm, seed in cells if experiment.arm_spec(cfg, arm, seed)[2] not in done]
+    if todo and cfg["base"].get("enabled", True):  # once, with all threads, before the workers need it
+        experiment.base_model(profile, cfg, ds, tok, log=log)
     log(f"{len(cells) - len(todo)} of {len(cells)} runs already have records; {len(todo)} to run "
         f"with {workers} worker(s)")
     cost = {arm: estimated_cost(cfg, ds, arm) for arm in {a for a, _ in todo}}
@@ -92,7 +107,9 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
             experiment.run_arm(profile, cfg, ds, tok, arm=arm, seed=seed, log=log)
             bar.update(round(cost[arm]))
     elif todo:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        # tqdm reads TQDM_DISABLE when it is imported, so the workers must inherit it from their
+        # start: their per-stage bars would otherwise interleave with the grid bar.
+        with _environ(TQDM_DISABLE="1"), ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_run_cell, profile, cfg, arm, seed, 1): (arm, seed) for arm, seed in todo}
             for fut in as_completed(futures):
                 arm, seed = futures[fut]
@@ -110,6 +127,13 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
         log(f"grid finished in {time.time() - t0:.0f} s")
     wanted = {experiment.arm_spec(cfg, arm, seed)[2] for arm, seed in cells}
     return [r for r in records.load_run_records(profile, kind="arm") if r["run_id"] in wanted]
+
+
+def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple[list[dict], list[tuple[str, int]]]:
+    """(the records of the cells that have one, of the profile's current config; the cells without)."""
+    have = {r["run_id"]: r for r in records.load_run_records(profile, kind="arm")}
+    ids = {cell: experiment.arm_spec(cfg, *cell)[2] for cell in cells}
+    return [have[i] for c, i in ids.items() if i in have], [c for c, i in ids.items() if i not in have]
 
 
 def main(argv=None) -> int:

@@ -47,3 +47,22 @@ def test_learning_rate_variant_chosen_on_validation_not_test(profile):
     assert claims.best_variant_by_valid(recs, "sam") == "sam@lrx2.0"
     row = next(r for r in claims.build(profile) if r["claim"] == "C4" and r["budget"] == "steps")
     assert row["arm_b"] == "sam@lrx2.0" and row["verdict"] == "contradicted"
+
+
+def test_control_rows_equal_steps_and_compute_and_arm_filter(profile):
+    """A method meets AdamW with as many optimizer steps ("steps") and as many gradient evaluations
+    ("compute"); rows_of_arms keeps the comparisons among a set of arms (lr variants count)."""
+    for s, (b2, b4, fs) in enumerate([(0.25, 0.33, 0.29), (0.27, 0.35, 0.30), (0.26, 0.36, 0.28)]):
+        _write(profile, "baseline_2x", s, b2)
+        _write(profile, "baseline_ep48", s, b4)
+        _write(profile, "format_sam", s, fs)
+    rows = claims.build(profile)
+    got = {(r["claim"], r["arm_a"], r["arm_b"], r["budget"]): r["verdict"] for r in rows}
+    assert got[("C5", "baseline_2x", "format_sam", "steps")] == "supported"
+    assert got[("C5", "baseline_ep48", "format_sam", "compute")] == "contradicted"
+    assert got[("regime", "baseline_2x", "baseline_ep48", "epochs")] == "supported"
+    kept = claims.rows_of_arms(rows, {"baseline_2x", "baseline_ep48", "format_sam"})
+    assert {(r["arm_a"], r["arm_b"]) for r in kept} == {("baseline_2x", "format_sam"), ("baseline_ep48", "format_sam"),
+                                                         ("baseline_2x", "baseline_ep48")}
+    _write(profile, "baseline@lrx2.0", 0, 0.1, valid=0.99)
+    assert any(r["arm_a"] == "baseline@lrx2.0" for r in claims.rows_of_arms(claims.build(profile), {"baseline", "sam"}))

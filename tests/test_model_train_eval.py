@@ -93,6 +93,13 @@ def test_training_memorizes_and_evaluation_is_exact(tok, people):
     assert res["em"] >= 0.9, res
     one_by_one = [evaluate.generate_answers(model, tok, [ex], batch_size=1)[0] for ex in qa]
     assert one_by_one == res["predictions"]
+    # rows finish at different steps and leave the batch: the answers are still those of `generate`
+    lengths = {len(tok(p, add_special_tokens=False)["input_ids"]) for p in res["predictions"]}
+    assert len(lengths) > 1, lengths
+    hf = evaluate.generate_answers(model, tok, qa, batch_size=5, decoder="hf")
+    assert hf == res["predictions"]
+    with pytest.raises(ValueError, match="decoder"):
+        evaluate.generate_answers(model, tok, qa, decoder="beam")
 
 
 def test_max_steps_budget(tok, people):

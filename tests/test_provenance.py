@@ -16,6 +16,13 @@ def test_committed_cpu_results_have_records_behind_them():
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.skipif(not (ROOT / "results" / "cpu-full" / "claims.csv").exists(), reason="no committed cpu-full results")
+def test_committed_controls_have_records_behind_them():
+    """The controls notebook draws from cpu-full's records (the cpu report quotes them)."""
+    problems = report.provenance_problems("cpu-full", read_profile("cpu-full"))
+    assert not problems, "\n".join(problems)
+
+
 def _arm(profile, cfg, arm, seed, em):
     from kl_utils import experiment
     _, spec, run_id = experiment.arm_spec(cfg, arm, seed)

@@ -1,5 +1,6 @@
 """The experiment runner: grids, step-matched budgets, and resuming after a crash or kill -9."""
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import yaml
 
 from kl_utils import experiment, paths, records, run, train
 from kl_utils.config import read_profile
+from kl_utils.paths import cache_dir
 from kl_utils.model import build_model
 from tests.conftest import TINY_DATA
 from tests.test_model_train_eval import TINY_MODEL, TRAIN
@@ -122,6 +124,11 @@ def test_run_grid_skips_finished_runs(tiny_cfg, capsys):
     again = run.run_grid("toy", tiny_cfg, cells, workers=1)
     assert "1 of 1 runs already have records; 0 to run" in capsys.readouterr().out
     assert [r["run_id"] for r in again] == [r["run_id"] for r in first]
+    # a finished grid needs no base model (a clone has the records but not the cache)
+    for cached in cache_dir("toy").glob("base-*"):
+        shutil.rmtree(cached)
+    run.run_grid("toy", tiny_cfg, cells, workers=1)
+    assert not list(cache_dir("toy").glob("base-*"))
 
 
 def _profile_file(tmp_path) -> Path:

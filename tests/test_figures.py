@@ -1,0 +1,54 @@
+"""Figures and tables of the main experiments and controls, from synthetic run records."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from kl_utils import figures  # noqa: E402
+
+
+def _rec(arm, seed, em, epochs=12, sam=False, cpt_steps=228, it_steps=116):
+    cpt = {"epochs": epochs, "lr": 2e-3, **({"optimizer": "sam", "rho": 0.05} if sam else {"optimizer": "adamw"})}
+    return {"arm": arm, "seed": seed, "run_id": f"{arm}-s{seed}", "wall_time_s": 1.0,
+            "config": {"cpt": cpt, "it": {"optimizer": "adamw"}, "budget": "epochs"},
+            "optimizer_steps": {"cpt": cpt_steps, "it": it_steps},
+            "metrics": {"test_em": em, "valid_em": em, "train_em": 1.0, "test_em_before_it": 0.0}}
+
+
+@pytest.fixture
+def frame():
+    recs = []
+    for s in range(3):
+        recs += [_rec("baseline", s, 0.13 + s / 100), _rec("baseline_2x", s, 0.25, epochs=24, cpt_steps=456),
+                 _rec("baseline_ep48", s, 0.33, epochs=48, cpt_steps=912),
+                 _rec("sam_ep24", s, 0.30, epochs=24, sam=True, cpt_steps=456),
+                 _rec("it_format", s, 0.10, it_steps=232)]
+    return figures.arm_frame(recs)
+
+
+def test_arm_frame_counts_sam_gradients_per_cpt_step(frame):
+    row = frame[frame.arm == "sam_ep24"].iloc[0]
+    assert row.cpt_steps == 456 and row.cpt_grad_evals == 912 and row.grad_evals == 912 + 116
+    assert frame[frame.arm == "baseline_ep48"].cpt_epochs.iloc[0] == 48
+
+
+def test_budget_table_keeps_the_given_order_and_skips_absent_arms(frame):
+    table = figures.budget_table(frame, ["baseline_ep48", "not_run", "baseline", "sam_ep24"])
+    assert list(table.index) == ["baseline_ep48", "baseline", "sam_ep24"]
+    assert table.loc["baseline", "held-out EM"] == pytest.approx(0.14)
+    assert table.loc["baseline", "± 95% CI"] > 0 and table.loc["sam_ep24", "CPT grad evals"] == 912
+
+
+def test_saturation_and_it_side_figures(frame):
+    fig = figures.saturation_figure(frame)
+    left, right = fig.axes[:2]
+    curve = left.lines[0].get_xdata()
+    assert list(curve) == [228, 456, 912]  # AdamW at 12, 24, 48 epochs, by optimizer steps
+    assert right.get_xscale() == "log"
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert any("+SAM, 24 CPT epochs" in t for t in labels)
+    plt.close(fig)
+    fig = figures.it_side_figure(frame)
+    assert len(fig.axes) == 2
+    plt.close(fig)
