@@ -36,7 +36,11 @@ from kl_utils.records import atomic_write_json, environment
 TARGETS = {"sam_over_adamw": ("<=", 2.05), "efficient_sam_over_adamw": ("<=", 1.3),
            "train_tokens_per_s_over_hf_trainer": (">=", 1.5), "batched_eval_over_per_example": (">=", 10.0),
            "smoke_reproduce_s": ("<=", 180), "cpu_reproduce_s": ("<=", 1800), "test_s": ("<=", 900)}
-MODE = "bucket"  # the batching mode the headline throughput figure uses
+# The batching mode of the headline throughput figure: "pack" trains on the very batches of "pad"
+# (equal losses, tests/test_batching.py). "bucket" is faster still but changes batch composition, and
+# that changes what is learned: a base model trained with it reached 0.537 held-out base QA instead of
+# 0.952 (profiles/cpu-bucket.yaml), so it is reported beside, not as the headline.
+MODE = "pack"
 
 
 def _setup(profile: str = "cpu"):
