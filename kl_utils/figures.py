@@ -17,7 +17,7 @@ HEADLINE = {"steps": ["baseline", "format_steps", "sam", "format_sam_steps"],
 LABELS = {"baseline": "AdamW", "format_steps": "+format", "format": "+format", "sam": "+SAM",
           "format_sam_steps": "+format +SAM", "format_sam": "+format +SAM", "baseline_2x": "AdamW, 2x epochs",
           "sam_every4": "+SAM every 4th step", "it_format_sam": "+format +SAM in IT",
-          "it_format": "+format in IT", "it_sam": "+SAM in IT", "it_format_sam_steps": "+format +SAM in IT",
+          "it_format": "+format in IT", "it_sam": "+SAM in IT", "it_2x": "AdamW, 2x IT epochs", "it_format_sam_steps": "+format +SAM in IT",
           "baseline@lrx2.0": "AdamW, lr x2", "baseline@lrx4.0": "AdamW, lr x4", "baseline@lrx0.5": "AdamW, lr x0.5"}
 # The saturation control (cpu-full grid `saturation`): AdamW at 0.5x ... 8x the CPT epochs, and the
 # methods at 1x and 2x; each method point has AdamW points at its optimizer steps and at its
@@ -30,7 +30,7 @@ SATURATION_POINTS = ["format", "format_ep24", "sam", "sam_ep24", "format_sam", "
 def long_label(arm: str) -> str:
     """Display name with the budget where two arms share a short label."""
     suffix = (", step-matched" if arm.endswith("_steps") else
-              ", epoch-matched" if arm in ("format", "format_sam", "it_format_sam") else "")
+              ", epoch-matched" if arm in ("format", "format_sam", "it_format", "it_format_sam") else "")
     return LABELS.get(arm, arm) + suffix
 
 
@@ -198,7 +198,7 @@ def budget_table(df: pd.DataFrame, arms: list[str], metric: str = "test_em") -> 
     return pd.DataFrame(rows).set_index("arm")
 
 
-IT_SIDE = ["baseline", "it_format", "it_sam", "it_format_sam_steps", "it_format_sam"]
+IT_SIDE = ["baseline", "it_2x", "it_format", "it_sam", "it_format_sam_steps", "it_format_sam"]
 
 
 def it_side_figure(df: pd.DataFrame):
