@@ -163,8 +163,12 @@ def saturation_figure(df: pd.DataFrame, metric: str = "test_em"):
     curve = [a for a in SATURATION_CURVE if a in g.index]
     points = [a for a in SATURATION_POINTS if a in g.index]
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2), sharey=True)
-    markers = dict(zip(points, "s^DvPX*o"))
-    palette = dict(zip(points, sns.color_palette("colorblind", len(points) + 1)[1:]))
+    # one colour and marker per method; open markers at the fewer epochs, filled at the more
+    methods = list(dict.fromkeys(a.split("_ep")[0] for a in points))
+    colour = dict(zip(methods, sns.color_palette("colorblind", len(methods) + 1)[1:]))
+    marker = dict(zip(methods, "s^DvPX*o"))
+    nudge = {m: 1 + 0.025 * (k - (len(methods) - 1) / 2) for k, m in enumerate(methods)}  # side by side in x
+    most = {m: max(g.loc[a, "epochs"] for a in points if a.split("_ep")[0] == m) for m in methods}
     for ax, x, xlabel in zip(axes, ("steps", "grads"), ("CPT optimizer steps", "CPT gradient evaluations (SAM: 2 per step)")):
         c = g.loc[curve]
         ax.errorbar(c[x], c["mean"], yerr=c["ci"], fmt="-o", color="0.35", capsize=3, label="AdamW, CPT epochs as marked")
@@ -172,9 +176,11 @@ def saturation_figure(df: pd.DataFrame, metric: str = "test_em"):
             ax.annotate(f"{g.loc[a, 'epochs']:.0f} ep", (c.loc[a, x], c.loc[a, "mean"]), textcoords="offset points",
                         xytext=(5, -12), fontsize=7, color="0.35")
         for a in points:
-            name = LABELS.get(a.split("_ep")[0], a)
-            ax.errorbar(g.loc[a, x], g.loc[a, "mean"], yerr=g.loc[a, "ci"], fmt=markers[a], color=palette[a], capsize=3,
-                        markersize=7, label=f"{name}, {g.loc[a, 'epochs']:.0f} CPT epochs")
+            m = a.split("_ep")[0]
+            filled = g.loc[a, "epochs"] == most[m]
+            ax.errorbar(g.loc[a, x] * nudge[m], g.loc[a, "mean"], yerr=g.loc[a, "ci"], fmt=marker[m], color=colour[m],
+                        markerfacecolor=colour[m] if filled else "white", capsize=3, markersize=7,
+                        label=f"{LABELS.get(m, m)}, {g.loc[a, 'epochs']:.0f} CPT epochs")
         ax.set_xscale("log", base=2)
         ax.set(xlabel=xlabel, ylabel="held-out QA exact match")
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="mean, 95% CI over seeds")
@@ -203,17 +209,19 @@ IT_SIDE = ["baseline", "it_2x", "it_format", "it_sam", "it_format_sam_steps", "i
 
 def it_side_figure(df: pd.DataFrame):
     """C6 decomposed: QA exact match on the IT people (train half) and on held-out people, for plain
-    IT and IT with formatted QA pairs, SAM, or both (both at the baseline's steps, and epoch-matched)."""
+    IT and IT with formatted QA pairs, SAM, or both (both at the baseline's steps, and epoch-matched),
+    and plain IT with twice the epochs. Horizontal bars; each label carries its IT optimizer steps."""
     arms = [a for a in IT_SIDE if a in set(df.arm)]
+    steps = df.groupby("arm").it_steps.mean()
+    label = {a: f"{long_label(a)} ({steps[a]:.0f} IT steps)" for a in arms}
     sub = df[df.arm.isin(arms)].melt(id_vars=["arm", "seed"], value_vars=["train_em", "test_em"],
                                      var_name="split", value_name="exact match")
     sub["split"] = sub.split.map({"train_em": "IT people (train half)", "test_em": "held-out people"})
-    sub["label"] = sub.arm.map(long_label)
-    order = [long_label(a) for a in arms]
-    g = sns.catplot(data=sub, x="label", y="exact match", col="split", order=order, kind="bar", errorbar=("ci", 95),
-                    sharey=False, height=3.8, aspect=1.35, hue="label", hue_order=order, legend=False)
-    for ax in g.axes.flat:
-        ax.tick_params(axis="x", rotation=25)
-        ax.set_xlabel("")
-    g.figure.suptitle("IT-side arms (C6): which part hurts? (mean, 95% CI over seeds)", y=1.03)
+    sub["label"] = sub.arm.map(label)
+    order = [label[a] for a in arms]
+    g = sns.catplot(data=sub, y="label", x="exact match", col="split", order=order, kind="bar", errorbar=("ci", 95),
+                    sharex=False, height=3.6, aspect=1.3, hue="label", hue_order=order, legend=False)
+    g.set_titles("{col_name}")
+    g.set_ylabels("")
+    g.figure.suptitle("IT-side arms (C6): which part hurts? (mean, 95% CI over seeds)", y=1.04)
     return g.figure

@@ -1,5 +1,5 @@
 """results/<profile>/REPORT.md: the claims table, the headline numbers, the figures, the exact
-environment and how to reproduce — written from run records only (notebook 06, and again by
+environment and how to reproduce — written from run records only (notebook 07, and again by
 `make reproduce` once the end-to-end wall time is known).
 
     python -m kl_utils.report --profile cpu [--readme]   # --readme: refresh README's headline block
