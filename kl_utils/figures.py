@@ -18,6 +18,9 @@ LABELS = {"baseline": "AdamW", "format_steps": "+format", "format": "+format", "
           "format_sam_steps": "+format +SAM", "format_sam": "+format +SAM", "baseline_2x": "AdamW, 2x epochs",
           "sam_every4": "+SAM every 4th step", "it_format_sam": "+format +SAM in IT",
           "it_format": "+format in IT", "it_sam": "+SAM in IT", "it_2x": "AdamW, 2x IT epochs", "it_format_sam_steps": "+format +SAM in IT",
+          "para4": "4 paraphrases", "para4_format": "4 paraphrases +format", "para4_eda": "4 paraphrases +EDA",
+          "para4_format_sam": "4 paraphrases +format +SAM", "para4_format_sam_steps": "4 paraphrases +format +SAM",
+          "pit": "PIT order", "pit_format_sam": "PIT order +format +SAM (CPT and IT)",
           "baseline@lrx2.0": "AdamW, lr x2", "baseline@lrx4.0": "AdamW, lr x4", "baseline@lrx0.5": "AdamW, lr x0.5"}
 # The saturation control (cpu-full grid `saturation`): AdamW at 0.5x ... 8x the CPT epochs, and the
 # methods at 1x and 2x; each method point has AdamW points at its optimizer steps and at its
@@ -30,7 +33,7 @@ SATURATION_POINTS = ["format", "format_ep24", "sam", "sam_ep24", "format_sam", "
 def long_label(arm: str) -> str:
     """Display name with the budget where two arms share a short label."""
     suffix = (", step-matched" if arm.endswith("_steps") else
-              ", epoch-matched" if arm in ("format", "format_sam", "it_format", "it_format_sam") else "")
+              ", epoch-matched" if arm in ("format", "format_sam", "it_format", "it_format_sam", "para4_format_sam") else "")
     return LABELS.get(arm, arm) + suffix
 
 
@@ -205,15 +208,19 @@ def budget_table(df: pd.DataFrame, arms: list[str], metric: str = "test_em") -> 
 
 
 IT_SIDE = ["baseline", "it_2x", "it_format", "it_sam", "it_format_sam_steps", "it_format_sam"]
+# C7 (paraphrases, then formatting / EDA / SAM on top) and the PIT order of C6 (cpu-full grid `c7_pit`)
+C7_PIT = ["baseline", "para4", "para4_eda", "para4_format", "para4_format_sam_steps", "para4_format_sam", "pit", "pit_format_sam"]
 
 
-def it_side_figure(df: pd.DataFrame):
-    """C6 decomposed: QA exact match on the IT people (train half) and on held-out people, for plain
-    IT and IT with formatted QA pairs, SAM, or both (both at the baseline's steps, and epoch-matched),
-    and plain IT with twice the epochs. Horizontal bars; each label carries its IT optimizer steps."""
-    arms = [a for a in IT_SIDE if a in set(df.arm)]
-    steps = df.groupby("arm").it_steps.mean()
-    label = {a: f"{long_label(a)} ({steps[a]:.0f} IT steps)" for a in arms}
+def it_side_figure(df: pd.DataFrame, arms: list[str] | None = None,
+                   title: str = "IT-side arms (C6): which part hurts? (mean, 95% CI over seeds)", steps_of: str = "it"):
+    """QA exact match on the IT people (train half) and on held-out people per arm, horizontal bars,
+    each label with the arm's optimizer steps of one stage (`steps_of`: it | cpt). By default C6
+    decomposed: plain IT and IT with formatted QA pairs, SAM, or both (at the baseline's steps, and
+    epoch-matched), and plain IT with twice the epochs."""
+    arms = [a for a in (arms or IT_SIDE) if a in set(df.arm)]
+    steps = df.groupby("arm")[f"{steps_of}_steps"].mean()
+    label = {a: f"{long_label(a)} ({steps[a]:.0f} {steps_of.upper()} steps)" for a in arms}
     sub = df[df.arm.isin(arms)].melt(id_vars=["arm", "seed"], value_vars=["train_em", "test_em"],
                                      var_name="split", value_name="exact match")
     sub["split"] = sub.split.map({"train_em": "IT people (train half)", "test_em": "held-out people"})
@@ -223,5 +230,5 @@ def it_side_figure(df: pd.DataFrame):
                     sharex=False, height=3.6, aspect=1.3, hue="label", hue_order=order, legend=False)
     g.set_titles("{col_name}")
     g.set_ylabels("")
-    g.figure.suptitle("IT-side arms (C6): which part hurts? (mean, 95% CI over seeds)", y=1.04)
+    g.figure.suptitle(title, y=1.04)
     return g.figure
