@@ -59,7 +59,12 @@ COMPARISONS = [
     ("C6", "it_2x", "it_format", "steps", "augmented QA during IT vs plain IT for as many IT steps"),
     ("C7", "para4", "para4_format_sam", "epochs", "format + SAM on top of 4 paraphrases per person"),
     ("C7", "para4", "para4_format_sam_steps", "steps", "format + SAM on top of 4 paraphrases per person"),
-    ("C7", "para4_eda", "para4_format", "epochs", "formatting vs EDA rewriting on top of paraphrases"),
+    ("C7", "para4_eda", "para4_format", "steps", "formatting vs EDA rewriting on top of paraphrases (same steps)"),
+    ("C7", "para4_2x", "para4_format", "steps", "formatting on top of paraphrases vs the paraphrases for as many steps"),
+    ("C7", "para4_2x", "para4_format_sam", "steps", "format + SAM on top of paraphrases vs the paraphrases for as many steps"),
+    ("C7", "para4_4x", "para4_format_sam", "compute", "format + SAM on top of paraphrases vs the paraphrases with as many gradients"),
+    ("C2", "baseline", "para4", "steps", "4 paraphrases per person vs 1 biography, same steps"),
+    ("regime", "para4", "para4_2x", "epochs", "4 paraphrases: 2x vs 1x the epochs"),
 ]
 
 

@@ -20,7 +20,7 @@ LABELS = {"baseline": "AdamW", "format_steps": "+format", "format": "+format", "
           "it_format": "+format in IT", "it_sam": "+SAM in IT", "it_2x": "AdamW, 2x IT epochs", "it_format_sam_steps": "+format +SAM in IT",
           "para4": "4 paraphrases", "para4_format": "4 paraphrases +format", "para4_eda": "4 paraphrases +EDA",
           "para4_format_sam": "4 paraphrases +format +SAM", "para4_format_sam_steps": "4 paraphrases +format +SAM",
-          "pit": "PIT order", "pit_format_sam": "PIT order +format +SAM (CPT and IT)",
+          "para4_2x": "4 paraphrases, 2x epochs", "para4_4x": "4 paraphrases, 4x epochs", "pit": "PIT order", "pit_format_sam": "PIT order +format +SAM (CPT and IT)",
           "baseline@lrx2.0": "AdamW, lr x2", "baseline@lrx4.0": "AdamW, lr x4", "baseline@lrx0.5": "AdamW, lr x0.5"}
 # The saturation control (cpu-full grid `saturation`): AdamW at 0.5x ... 8x the CPT epochs, and the
 # methods at 1x and 2x; each method point has AdamW points at its optimizer steps and at its
@@ -209,7 +209,8 @@ def budget_table(df: pd.DataFrame, arms: list[str], metric: str = "test_em") -> 
 
 IT_SIDE = ["baseline", "it_2x", "it_format", "it_sam", "it_format_sam_steps", "it_format_sam"]
 # C7 (paraphrases, then formatting / EDA / SAM on top) and the PIT order of C6 (cpu-full grid `c7_pit`)
-C7_PIT = ["baseline", "para4", "para4_eda", "para4_format", "para4_format_sam_steps", "para4_format_sam", "pit", "pit_format_sam"]
+C7_PIT = ["baseline", "para4", "para4_2x", "para4_4x", "para4_eda", "para4_format", "para4_format_sam_steps", "para4_format_sam",
+          "pit", "pit_format_sam"]
 
 
 def it_side_figure(df: pd.DataFrame, arms: list[str] | None = None,
