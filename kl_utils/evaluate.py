@@ -3,6 +3,7 @@ SQuAD-style normalization. Stopping rule, the same for every arm: an answer ends
 the first newline, whichever comes first (or after max_new_tokens)."""
 from __future__ import annotations
 
+import inspect
 import re
 import string
 from collections import defaultdict
@@ -58,8 +59,10 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     # Left padding: a row's positions start at 0 at its first real token, as in `generate`.
     position = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    # transformers 5.x renames forward's `past_key_values` to `cache` (the old name warns)
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **{cache_kw: cache})
     stops = torch.tensor(stop_ids, device=input_ids.device)
     result = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=input_ids.device)
     alive = torch.arange(batch, device=input_ids.device)
@@ -77,7 +80,7 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         last = last + 1
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=last,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **{cache_kw: cache})
     return result
 
 
