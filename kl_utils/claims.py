@@ -55,6 +55,7 @@ COMPARISONS = [
     ("regime", "baseline", "baseline_2x", "epochs", "AdamW: 2x vs 1x the CPT epochs"),
     ("regime", "baseline_2x", "baseline_ep48", "epochs", "AdamW: 4x vs 2x the CPT epochs"),
     ("regime", "baseline_ep48", "baseline_ep96", "epochs", "AdamW: 8x vs 4x the CPT epochs"),
+    ("regime", "baseline_ep96", "baseline_ep192", "epochs", "AdamW: 16x vs 8x the CPT epochs"),
     ("regime", "baseline", "it_2x", "epochs", "plain IT: 2x vs 1x the IT epochs"),
     ("C6", "it_2x", "it_format", "steps", "augmented QA during IT vs plain IT for as many IT steps"),
     ("C7", "para4", "para4_format_sam", "epochs", "format + SAM on top of 4 paraphrases per person"),
