@@ -83,21 +83,22 @@ def environment_markdown(profile: str, recs: list[dict]) -> str:
 
 def controls_markdown(profile: str, cfg: dict) -> str:
     """The controls (notebook 06) when they live in another profile (cpu: cpu-full): its claims rows
-    of the saturation / IT-side grids, from that profile's records, with a pointer to its figures."""
+    of its control grids (run.CONTROL_GRIDS), from that profile's records, with a pointer to its figures."""
     other = (cfg.get("controls") or {}).get("profile")
     if not other or other == profile:
         return ""
-    from kl_utils.run import grid_cells
+    from kl_utils.run import control_cells
     ocfg = load_config(other)[1]
-    arms = {a for g in ("saturation", "it_side") if g in ocfg.get("grids", {}) for a, _ in grid_cells(ocfg, g)}
-    rows = claims.rows_of_arms(claims.build(other, ocfg), arms)
+    rows = claims.rows_of_arms(claims.build(other, ocfg), {a for a, _ in control_cells(ocfg)})
     if not rows:
         return f"## Controls (profile `{other}`)\nNo records yet: `make controls`.\n\n"
-    figs = ", ".join(f"[{n}](../../figures/{other}/{n}.png)" for n in ("controls_saturation", "controls_it_side")
-                     if (figures_dir(other) / f"{n}.png").exists())
+    manifest_path = figures_dir(other) / "manifest.json"
+    names = sorted(n for n in (json.loads(manifest_path.read_text()) if manifest_path.exists() else {})
+                   if n.startswith("controls_"))
+    figs = ", ".join(f"[{n}](../../figures/{other}/{n}.png)" for n in names)
     return f"""## Controls (profile `{other}`, notebook 06)
 The saturation sweep (AdamW at more CPT epochs; the methods against AdamW with as many optimizer steps or
-gradient evaluations) and the IT-side arms of C6, from `results/{other}/claims.csv`. Figures: {figs or "none yet"}.
+gradient evaluations), the IT-side arms of C6, and C7 / PIT, from `results/{other}/claims.csv`. Figures: {figs or "none yet"}.
 
 {claims_markdown(rows)}
 

@@ -91,8 +91,7 @@ def _environ(**values):
 def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int = 2, log=print) -> list[dict]:
     """Run every cell that has no record yet; returns the arm records of all cells."""
     ds, tok, _ = experiment.prepare_data(profile, cfg)
-    done = {r["run_id"] for r in records.load_run_records(profile, kind="arm")}
-    todo = [(arm, seed) for arm, seed in cells if experiment.arm_spec(cfg, arm, seed)[2] not in done]
+    todo = cell_records(profile, cfg, cells)[1]
     if todo and cfg["base"].get("enabled", True):  # once, with all threads, before the workers need it
         experiment.base_model(profile, cfg, ds, tok, log=log)
     log(f"{len(cells) - len(todo)} of {len(cells)} runs already have records; {len(todo)} to run "
@@ -125,8 +124,16 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     bar.close()
     if todo:
         log(f"grid finished in {time.time() - t0:.0f} s")
-    wanted = {experiment.arm_spec(cfg, arm, seed)[2] for arm, seed in cells}
-    return [r for r in records.load_run_records(profile, kind="arm") if r["run_id"] in wanted]
+    return sorted(cell_records(profile, cfg, cells)[0], key=lambda r: r["run_id"])
+
+
+# The grids notebook 06 (controls) reads from its controls profile, and the report summarises.
+CONTROL_GRIDS = ("saturation", "it_side", "c7_pit")
+
+
+def control_cells(cfg: dict) -> list[tuple[str, int]]:
+    """The (arm, seed) cells of the profile's control grids, without duplicates."""
+    return list(dict.fromkeys(c for g in CONTROL_GRIDS if g in cfg.get("grids", {}) for c in grid_cells(cfg, g)))
 
 
 def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple[list[dict], list[tuple[str, int]]]:
