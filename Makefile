@@ -66,8 +66,8 @@ bench: $(STAMP)
 
 # The controls notebook 06 reads (cpu: from cpu-full); then `make reproduce` redraws them.
 controls: $(STAMP)
-	$(PY) -m kl_utils.run --profile cpu-full --grid saturation
-	$(PY) -m kl_utils.run --profile cpu-full --grid it_side
+	@set -e; for grid in $$($(PY) -c 'from kl_utils.run import CONTROL_GRIDS; print(*CONTROL_GRIDS)'); do \
+	  echo "== cpu-full grid $$grid"; $(PY) -m kl_utils.run --profile cpu-full --grid $$grid; done
 
 clean-env:
 	rm -rf $(VENV)
