@@ -264,6 +264,9 @@ def all_arms(cfg: dict) -> dict:
                     "budget": "steps", "cpt": {**sam, "rho": rho, "augmentation": {"k": k}}})
     lr = abl.get("lr") or {}
     for arm in lr.get("arms", []):
+        if arm != "baseline" and arm not in arms:
+            raise ValueError(f"ablations.lr.arms names {arm!r}, which is not an arm of the profile "
+                             f"(arms: baseline, {', '.join(sorted(arms))})")
         base = {} if arm == "baseline" else arms[arm]
         for f in lr.get("factors", []):
             stage_lr = {st: {"lr": cfg[st]["lr"] * f} for st in ("cpt",)}

@@ -109,19 +109,35 @@ def steps_figure(df: pd.DataFrame, metric: str = "test_em"):
 
 
 def ablation_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Parse generated ablation arms (experiment.all_arms) into their factor and level."""
+    """Generated ablation arms (experiment.all_arms) with their factor and level (claims.ablation_level)."""
+    from kl_utils.claims import ablation_level
     rows = []
     for _, r in df.iterrows():
-        for pattern, factor in ((r"^sam_rho([\d.]+)$", "rho"), (r"^format_k(\d+)_steps$", "k"),
-                                (r"^format_(?!k\d|sam)(\w+)_steps$", "family")):
-            m = re.match(pattern, r.arm)
-            if m:
-                rows.append({**r.to_dict(), "factor": factor, "level": m.group(1)})
-        m = re.match(r"^format_sam_k(\d+)_rho([\d.]+)_steps$", r.arm)
-        if m:
-            rows.append({**r.to_dict(), "factor": "rho_k", "level": f"{m.group(1)}/{m.group(2)}",
-                         "k": int(m.group(1)), "rho": float(m.group(2))})
+        found = ablation_level(r.arm)
+        if found:
+            row = {**r.to_dict(), "factor": found[0], "level": found[1]}
+            if found[0] == "rho_k":
+                k, rho = found[1].split("/")
+                row.update(k=int(k), rho=float(rho))
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def lr_tuning_table(df: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
+    """Per arm and learning-rate factor: mean valid and held-out EM over seeds; `chosen` marks the
+    variant with the best mean *validation* EM (claims.best_variant_by_valid), the one tuned rows use."""
+    rows = []
+    for arm in arms:
+        sub = df[(df.arm == arm) | df.arm.str.startswith(f"{arm}@lrx")]
+        if not len(sub):
+            continue
+        g = sub.groupby("arm").agg(valid_em=("valid_em", "mean"), test_em=("test_em", "mean"), seeds=("seed", "nunique"))
+        best = max(g.index, key=lambda a: (g.loc[a, "valid_em"], a == arm))
+        for a, r in g.iterrows():
+            rows.append({"arm": arm, "lr factor": float(a.split("@lrx")[1]) if "@lrx" in a else 1.0,
+                         "valid EM": r.valid_em, "held-out EM": r.test_em, "seeds": int(r.seeds), "chosen": a == best})
+    out = pd.DataFrame(rows)
+    return out.sort_values(["arm", "lr factor"]).reset_index(drop=True) if len(out) else out
 
 
 def ablation_figure(abl: pd.DataFrame, baseline: float, metric: str = "test_em"):

@@ -96,12 +96,22 @@ def controls_markdown(profile: str, cfg: dict) -> str:
     names = sorted(n for n in (json.loads(manifest_path.read_text()) if manifest_path.exists() else {})
                    if n.startswith("controls_"))
     figs = ", ".join(f"[{n}](../../figures/{other}/{n}.png)" for n in names)
+    abl = [r for r in rows if r["comparison"].startswith("ablation:")]
+    main = [r for r in rows if not r["comparison"].startswith("ablation:")]
+    abl_text = f"""
+### Ablations against AdamW (same optimizer steps)
+One row per ablation arm; with this many comparisons at 95% each, about one in twenty leaves 0 by chance.
+
+{claims_markdown(abl)}
+""" if abl else ""
     return f"""## Controls (profile `{other}`, notebook 06)
 The saturation sweep (AdamW at more CPT epochs; the methods against AdamW with as many optimizer steps or
-gradient evaluations), the IT-side arms of C6, and C7 / PIT, from `results/{other}/claims.csv`. Figures: {figs or "none yet"}.
+gradient evaluations), the IT-side arms of C6, C7 / PIT, the ablations and the learning rates tuned on validation
+("lr tuned on valid": both arms' variants chosen on validation EM), from `results/{other}/claims.csv`.
+Figures: {figs or "none yet"}.
 
-{claims_markdown(rows)}
-
+{claims_markdown(main)}
+{abl_text}
 """
 
 

@@ -45,8 +45,30 @@ def test_learning_rate_variant_chosen_on_validation_not_test(profile):
         _write(profile, "sam@lrx0.5", s, test=0.95, valid=0.1)
     recs = records.load_run_records(profile, kind="arm")
     assert claims.best_variant_by_valid(recs, "sam") == "sam@lrx2.0"
-    row = next(r for r in claims.build(profile) if r["claim"] == "C4" and r["budget"] == "steps")
-    assert row["arm_b"] == "sam@lrx2.0" and row["verdict"] == "contradicted"
+    c4 = [r for r in claims.build(profile) if r["claim"] == "C4" and r["budget"] == "steps"]
+    # only sam has variants: tuning one side alone would favour it, so the row stays untuned
+    assert [(r["arm_a"], r["arm_b"]) for r in c4] == [("baseline", "sam")]
+    for s in range(3):
+        _write(profile, "baseline@lrx2.0", s, test=0.5, valid=0.4)  # worse on valid than the baseline's 0.5
+    c4 = {r["comparison"]: r for r in claims.build(profile) if r["claim"] == "C4" and r["budget"] == "steps"}
+    tuned = c4["SAM vs AdamW (same steps and epochs) (lr tuned on valid)"]
+    assert (tuned["arm_a"], tuned["arm_b"], tuned["verdict"]) == ("baseline", "sam@lrx2.0", "contradicted")
+    assert c4["SAM vs AdamW (same steps and epochs)"]["arm_b"] == "sam"
+
+
+def test_ablation_rows_each_level_against_adamw(profile):
+    assert claims.ablation_level("sam_rho0.1") == ("rho", "0.1", "C4")
+    assert claims.ablation_level("format_k8_steps") == ("k", "8", "C3")
+    assert claims.ablation_level("format_bullet_list_steps") == ("family", "bullet_list", "C3")
+    assert claims.ablation_level("format_sam_k2_rho0.05_steps") == ("rho_k", "2/0.05", "C5")
+    assert claims.ablation_level("format_sam_steps") is None and claims.ablation_level("format_steps") is None
+    for s, v in enumerate([0.30, 0.32, 0.31]):
+        _write(profile, "format_bullet_list_steps", s, v)
+        _write(profile, "sam_rho0.2", s, v - 0.15)
+    rows = {r["arm_b"]: r for r in claims.build(profile) if r["comparison"].startswith("ablation:")}
+    assert set(rows) == {"format_bullet_list_steps", "sam_rho0.2"}
+    assert rows["format_bullet_list_steps"]["verdict"] == "supported" and rows["format_bullet_list_steps"]["claim"] == "C3"
+    assert rows["sam_rho0.2"]["verdict"] == "contradicted" and rows["sam_rho0.2"]["arm_a"] == "baseline"
 
 
 def test_control_rows_equal_steps_and_compute_and_arm_filter(profile):
@@ -64,5 +86,7 @@ def test_control_rows_equal_steps_and_compute_and_arm_filter(profile):
     kept = claims.rows_of_arms(rows, {"baseline_2x", "baseline_ep48", "format_sam"})
     assert {(r["arm_a"], r["arm_b"]) for r in kept} == {("baseline_2x", "format_sam"), ("baseline_ep48", "format_sam"),
                                                          ("baseline_2x", "baseline_ep48")}
-    _write(profile, "baseline@lrx2.0", 0, 0.1, valid=0.99)
+    for s in range(3):
+        _write(profile, "baseline@lrx2.0", s, 0.1, valid=0.99)
+        _write(profile, "sam@lrx2.0", s, 0.1, valid=0.99)
     assert any(r["arm_a"] == "baseline@lrx2.0" for r in claims.rows_of_arms(claims.build(profile), {"baseline", "sam"}))

@@ -61,3 +61,9 @@ def test_merge_and_hash():
     assert m == {"x": {"y": 5, "z": 2}, "w": 3} and a["x"]["y"] == 1
     assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
     assert config.config_hash({"a": 1}) != config.config_hash({"a": 2})
+
+
+def test_lr_ablation_of_an_unknown_arm_is_a_clear_error():
+    from kl_utils.experiment import all_arms
+    with pytest.raises(ValueError, match=r"ablations.lr.arms names 'nope'"):
+        all_arms({"arms": {"sam": {}}, "cpt": {"lr": 1e-3}, "ablations": {"lr": {"arms": ["nope"], "factors": [2.0]}}})

@@ -52,3 +52,27 @@ def test_saturation_and_it_side_figures(frame):
     fig = figures.it_side_figure(frame)
     assert len(fig.axes) == 2
     plt.close(fig)
+
+
+def test_lr_tuning_table_marks_the_variant_best_on_valid_not_test():
+    recs = []
+    for s in range(3):
+        recs += [_rec("sam", s, 0.20, sam=True), _rec("sam@lrx2.0", s, 0.10, sam=True),
+                 _rec("sam@lrx0.5", s, 0.90, sam=True), _rec("baseline", s, 0.2)]
+        recs[-3]["metrics"]["valid_em"] = 0.5   # lrx2.0: best on valid, worse on test
+        recs[-2]["metrics"]["valid_em"] = 0.05  # lrx0.5: best on test, worst on valid
+    table = figures.lr_tuning_table(figures.arm_frame(recs), ["sam", "format_steps"])
+    assert list(table["lr factor"]) == [0.5, 1.0, 2.0] and set(table.arm) == {"sam"}
+    assert list(table.chosen) == [False, False, True] and table["seeds"].eq(3).all()
+
+
+def test_ablation_frame_and_figures_from_ablation_arms():
+    recs = [_rec(a, s, 0.1 + s / 50) for s in range(2) for a in
+            ("sam_rho0.1", "sam_rho0.02", "format_k2_steps", "format_heading_steps",
+             "format_sam_k2_rho0.1_steps", "format_sam_k1_rho0.1_steps", "baseline", "format_sam_steps")]
+    abl = figures.ablation_frame(figures.arm_frame(recs))
+    assert set(abl.factor) == {"rho", "k", "family", "rho_k"} and len(abl) == 12
+    assert set(abl[abl.factor == "rho_k"].k) == {1, 2} and set(abl[abl.factor == "family"].level) == {"heading"}
+    for fig in (figures.ablation_figure(abl, baseline=0.1), figures.rho_k_figure(abl)):
+        assert fig is not None
+        plt.close(fig)
