@@ -20,6 +20,7 @@ in every mode, and the loss of a batch is always the mean over its labelled toke
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -100,10 +101,31 @@ def collate_fn(mode: str, pad_id: int, block_len: int = 128):
         else partial(pad_collate, pad_id=pad_id)
 
 
+class Batches(Sequence):
+    """The micro-batches of one epoch, collated when read: a run that stops mid-epoch (max_steps)
+    never collates the rest, and none sit in memory ahead of use. Slices are lazy too."""
+
+    def __init__(self, examples: list[dict], indices: list[list[int]], collate):
+        self.examples, self.indices, self.collate = examples, indices, collate
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Batches(self.examples, self.indices[i], self.collate)
+        return self.collate([self.examples[j] for j in self.indices[i]])
+
+
+def lazy_batches(examples: list[dict], micro_batch_size: int, pad_id: int, seed: int, epoch: int,
+                 mode: str = "pad", block_len: int = 128) -> Batches:
+    """The micro-batches of one epoch, in order, collated on access; each accepted by `model(**batch)`."""
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    return Batches(examples, batch_indices(lengths, micro_batch_size, seed, epoch, mode),
+                   collate_fn(mode, pad_id, block_len))
+
+
 def make_batches(examples: list[dict], micro_batch_size: int, pad_id: int, seed: int, epoch: int,
                  mode: str = "pad", block_len: int = 128) -> list[dict]:
-    """The collated micro-batches of one epoch, in order; each accepted by `model(**batch)`."""
-    collate = collate_fn(mode, pad_id, block_len)
-    lengths = [len(ex["input_ids"]) for ex in examples]
-    return [collate([examples[i] for i in idx])
-            for idx in batch_indices(lengths, micro_batch_size, seed, epoch, mode)]
+    """The collated micro-batches of one epoch, in order (a list: `lazy_batches` collates on access)."""
+    return list(lazy_batches(examples, micro_batch_size, pad_id, seed, epoch, mode, block_len))

@@ -102,7 +102,7 @@ def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir):
     return sum(counted), time.perf_counter() - t0
 
 
-def train_throughput(cfg, tok, examples, *, n_steps=12, repeats=3, modes=("pad", "bucket", "pack"),
+def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=("pad", "bucket", "pack"),
                      seed=0, verbose=True) -> dict:
     """Labelled tokens/s of train.train (each batching mode) and of HF Trainer, alternating."""
     from kl_utils.model import build_model
@@ -334,7 +334,7 @@ def _print_table(figures: dict) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=48, help="timed SAM/AdamW updates per method")
-    ap.add_argument("--train-steps", type=int, default=12, help="updates per training-throughput run")
+    ap.add_argument("--train-steps", type=int, default=32, help="updates per training-throughput run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     ap.add_argument("--end-to-end", action="store_true", help="also time make reproduce PROFILE=smoke and make test")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (about 2-3 minutes)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kl_utils.batching import make_batches
+from kl_utils.batching import lazy_batches
 from kl_utils.batching import pad_collate as collate  # the right-padded batch, kept under its old name
 
 OPTIMIZERS = ("adamw", "sam")
@@ -111,7 +111,7 @@ def total_steps(n_examples: int, cfg: dict) -> int:
 def epoch_batches(examples: list[dict], micro_batch: int, pad_id: int, seed: int, epoch: int, mode: str = "pad"):
     """The micro-batches of one epoch, in an order fixed by (seed, epoch) alone, so a run resumed
     from a checkpoint sees exactly the batches an uninterrupted run would (kl_utils.batching)."""
-    return make_batches(examples, micro_batch, pad_id, seed, epoch, mode)
+    return lazy_batches(examples, micro_batch, pad_id, seed, epoch, mode)
 
 
 def _save_checkpoint(path, state: dict) -> None:

@@ -126,3 +126,21 @@ def test_no_attention_across_packed_examples():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="batching mode"):
         batching.batch_indices([3, 4], 1, 0, 1, "shuffle")
+
+
+def test_lazy_batches_equal_the_eager_ones_and_collate_only_what_is_read():
+    ex = _examples(17, seed=2)
+    calls = []
+
+    def counting(batch):
+        calls.append(len(batch))
+        return batching.pad_collate(batch, 0)
+    lazy = batching.lazy_batches(ex, 4, 0, seed=3, epoch=2, mode="pack")
+    eager = batching.make_batches(ex, 4, 0, seed=3, epoch=2, mode="pack")
+    assert len(lazy) == len(eager) == 5
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["position_ids"], b["position_ids"])
+               for a, b in zip(lazy, eager))
+    view = batching.Batches(ex, lazy.indices, counting)[1::2]  # a DDP-style shard: still lazy
+    assert calls == [] and len(view) == 2
+    first = view[0:1]
+    assert calls == [] and [b["input_ids"].shape[0] for b in first] == [4] and calls == [4]
