@@ -53,6 +53,9 @@ COMPARISONS = [
     ("C5", "baseline_ep48", "format_sam", "compute", "format + SAM vs AdamW with as many gradient evaluations"),
     ("C5", "baseline_ep48", "format_sam_ep24", "steps", "format + SAM vs plain CPT for as many steps, 2x epochs"),
     ("C5", "baseline_ep96", "format_sam_ep24", "compute", "format + SAM at 2x epochs vs AdamW with as many gradient evaluations"),
+    # Near convergence (cpu-full grid `converged`): AdamW levels off between 96 and 192 epochs.
+    ("C3", "baseline_ep96", "format_ep48", "steps", "formatting vs plain CPT for as many steps, near convergence"),
+    ("C3", "baseline_ep48", "format_ep48", "epochs", "formatting vs plain CPT, both at 4x epochs"),
     ("regime", "baseline", "baseline_2x", "epochs", "AdamW: 2x vs 1x the CPT epochs"),
     ("regime", "baseline_2x", "baseline_ep48", "epochs", "AdamW: 4x vs 2x the CPT epochs"),
     ("regime", "baseline_ep48", "baseline_ep96", "epochs", "AdamW: 8x vs 4x the CPT epochs"),

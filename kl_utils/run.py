@@ -128,7 +128,7 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
 
 
 # The grids notebook 06 (controls) reads from its controls profile, and the report summarises.
-CONTROL_GRIDS = ("saturation", "it_side", "c7_pit", "ablations", "rho_k")
+CONTROL_GRIDS = ("saturation", "converged", "it_side", "c7_pit", "ablations", "rho_k")
 
 
 def control_cells(cfg: dict) -> list[tuple[str, int]]:
