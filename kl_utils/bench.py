@@ -80,7 +80,7 @@ def batching_mode(cfg: dict, mode: str) -> dict:
 
 
 # ---------------------------------------------------------------- training throughput
-def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir):
+def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir, optim=None):
     from transformers import Trainer, TrainingArguments
     counted = []
 
@@ -94,7 +94,7 @@ def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir):
         adam_beta2=cfg["betas"][1], warmup_steps=max(1, int(cfg["warmup_frac"] * n_steps)),
         lr_scheduler_type="cosine", max_grad_norm=cfg["grad_clip"], logging_strategy="no",
         save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=seed,
-        dataloader_num_workers=0, remove_unused_columns=False)
+        dataloader_num_workers=0, remove_unused_columns=False, **({"optim": optim} if optim else {}))
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its summary dict
@@ -112,14 +112,17 @@ def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=("pad",
     micro = tcfg["batch_size"] // tcfg.get("grad_accum", 1)
     useful = {m: sum(_labelled(b) for b in batching.make_batches(examples, micro, pad, seed, 1, m)[:n_steps])
               for m in modes}
-    names = (*modes, "hf_trainer")
+    # hf_trainer: Trainer's defaults (fused AdamW on torch >= 2.8); hf_trainer_foreach: the same
+    # Trainer with the foreach AdamW train.py uses, to separate the loop from the optimizer kernel.
+    names = (*modes, "hf_trainer", "hf_trainer_foreach")
     runs = {m: [] for m in names}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats + 1):  # round 0 warms up; the order alternates between rounds
             for m in (names if rep % 2 == 0 else names[::-1]):
                 model = build_model(cfg["model"], tok, seed=seed)
-                if m == "hf_trainer":
-                    result = _hf_trainer_run(model, examples, tcfg, n_steps, pad, seed, tmp)
+                if m.startswith("hf_trainer"):
+                    result = _hf_trainer_run(model, examples, tcfg, n_steps, pad, seed, tmp,
+                                             optim="adamw_torch" if m == "hf_trainer_foreach" else None)
                 else:
                     t0 = time.perf_counter()
                     train_mod.train(model, examples, batching_mode(tcfg, m), seed=seed, pad_id=pad, desc=m)
@@ -129,7 +132,7 @@ def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=("pad",
     tps = _median_tokens_per_s(runs)
     if verbose:
         for m, v in tps.items():
-            print(f"  train {m:<11}{v:>9.0f} labelled tokens/s  x{v / tps['hf_trainer']:.2f} HF Trainer")
+            print(f"  train {m:<19}{v:>9.0f} labelled tokens/s  x{v / tps['hf_trainer']:.2f} HF Trainer")
     return {"tokens_per_s": tps, "config": {"steps": n_steps, "repeats": repeats, "batch_size": tcfg["batch_size"],
                                             "n_examples": len(examples), "threads": torch.get_num_threads()}}
 

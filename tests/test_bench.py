@@ -20,3 +20,14 @@ def test_time_breakdown_reads_timing_and_records(tmp_path, monkeypatch, capsys):
     bench._print_table({"sam_over_adamw": 2.5, "batched_eval_over_per_example": 12.0, "test_s": "not run"})
     out = capsys.readouterr().out
     assert "MISSED" in out and " ok" in out and "not run" in out
+
+
+def test_train_throughput_times_each_mode_and_both_trainers(tmp_path, monkeypatch):
+    """Every batching mode and both Trainer optimizers get a positive labelled-tokens/s figure."""
+    from kl_utils import bench, data, paths
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    cfg, ds, tok = bench._setup("smoke")
+    docs = data.encode_documents(data.documents(ds.filter(lambda r: r["population"] == "new")), tok)[:40]
+    out = bench.train_throughput(cfg, tok, docs, n_steps=2, repeats=1, verbose=False)
+    assert set(out["tokens_per_s"]) == {"pad", "bucket", "pack", "hf_trainer", "hf_trainer_foreach"}
+    assert all(v > 0 for v in out["tokens_per_s"].values()) and out["config"]["steps"] == 2
