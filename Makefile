@@ -17,7 +17,7 @@ help:
 	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
 	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
 	@echo "make bench                              speed benchmarks (ratios measured side by side)"
-	@echo "make controls                           the control grids of cpu-full: saturation, IT side, C7 + PIT (~1.5 h)"
+	@echo "make controls                           the control grids of cpu-full that notebook 06 reads (~3 h)"
 
 env: $(STAMP)
 
