@@ -102,6 +102,16 @@ def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir, optim=
     return sum(counted), time.perf_counter() - t0
 
 
+def first_batches(examples, micro, pad_id, seed, mode, n) -> list[dict]:
+    """The first n micro-batches train.train sees (grad_accum 1), running on into later epochs
+    when an epoch has fewer than n: the tokens a timed n-step run really trains on."""
+    out, epoch = [], 0
+    while len(out) < n:
+        epoch += 1
+        out += list(batching.lazy_batches(examples, micro, pad_id, seed, epoch, mode)[:n - len(out)])
+    return out
+
+
 def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=("pad", "bucket", "pack"),
                      seed=0, verbose=True) -> dict:
     """Labelled tokens/s of train.train (each batching mode) and of HF Trainer, alternating."""
@@ -110,8 +120,7 @@ def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=("pad",
     tcfg["max_steps"] = n_steps
     pad = tok.pad_token_id
     micro = tcfg["batch_size"] // tcfg.get("grad_accum", 1)
-    useful = {m: sum(_labelled(b) for b in batching.make_batches(examples, micro, pad, seed, 1, m)[:n_steps])
-              for m in modes}
+    useful = {m: sum(_labelled(b) for b in first_batches(examples, micro, pad, seed, m, n_steps)) for m in modes}
     # hf_trainer: Trainer's defaults (fused AdamW on torch >= 2.8); hf_trainer_foreach: the same
     # Trainer with the foreach AdamW train.py uses, to separate the loop from the optimizer kernel.
     names = (*modes, "hf_trainer", "hf_trainer_foreach")

@@ -31,3 +31,12 @@ def test_train_throughput_times_each_mode_and_both_trainers(tmp_path, monkeypatc
     out = bench.train_throughput(cfg, tok, docs, n_steps=2, repeats=1, verbose=False)
     assert set(out["tokens_per_s"]) == {"pad", "bucket", "pack", "hf_trainer", "hf_trainer_foreach"}
     assert all(v > 0 for v in out["tokens_per_s"].values()) and out["config"]["steps"] == 2
+
+
+def test_first_batches_run_on_into_the_next_epoch():
+    """A timed run longer than an epoch trains on the next epoch's batches: count those tokens too."""
+    from kl_utils import batching, bench
+    ex = [{"input_ids": [1] + [5] * (3 + i % 7), "labels": [1] + [5] * (3 + i % 7)} for i in range(10)]
+    got = bench.first_batches(ex, 4, 0, seed=1, mode="pad", n=5)  # 3 batches per epoch
+    want = batching.make_batches(ex, 4, 0, 1, 1, "pad") + batching.make_batches(ex, 4, 0, 1, 2, "pad")[:2]
+    assert len(got) == 5 and all(a["input_ids"].equal(b["input_ids"]) for a, b in zip(got, want))
