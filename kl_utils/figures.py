@@ -159,15 +159,19 @@ def ablation_figure(abl: pd.DataFrame, baseline: float, metric: str = "test_em")
     return fig
 
 
-def rho_k_figure(abl: pd.DataFrame, metric: str = "test_em"):
-    """Mean held-out QA over the rho x k grid of format + SAM (step-matched)."""
+def rho_k_figure(abl: pd.DataFrame, metric: str = "test_em", baseline: float | None = None):
+    """Mean held-out QA over the rho x k grid of format + SAM (step-matched). With `baseline` (AdamW's
+    mean at the same steps) the colours diverge around it: red below AdamW, blue above."""
     sub = abl[abl.get("factor") == "rho_k"] if len(abl) else abl
     if not len(sub):
         return None
+    sub = sub.assign(k=sub.k.astype(int))
     grid = sub.groupby(["k", "rho"])[metric].mean().unstack("rho")
     fig, ax = plt.subplots(figsize=(6, 4))
-    sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "held-out QA EM (mean over seeds)"})
-    ax.set(title="format + SAM: rho x k (step-matched)", xlabel="SAM radius rho", ylabel="formatted copies k")
+    colours = {"cmap": "RdBu", "center": baseline} if baseline is not None else {"cmap": "viridis"}
+    sns.heatmap(grid, annot=True, fmt=".3f", ax=ax, cbar_kws={"label": "held-out QA EM (mean over seeds)"}, **colours)
+    title = "format + SAM: rho x k (step-matched)" + (f"\nAdamW at the same steps: {baseline:.3f}" if baseline is not None else "")
+    ax.set(title=title, xlabel="SAM radius rho", ylabel="formatted copies k")
     fig.tight_layout()
     return fig
 

@@ -73,6 +73,6 @@ def test_ablation_frame_and_figures_from_ablation_arms():
     abl = figures.ablation_frame(figures.arm_frame(recs))
     assert set(abl.factor) == {"rho", "k", "family", "rho_k"} and len(abl) == 12
     assert set(abl[abl.factor == "rho_k"].k) == {1, 2} and set(abl[abl.factor == "family"].level) == {"heading"}
-    for fig in (figures.ablation_figure(abl, baseline=0.1), figures.rho_k_figure(abl)):
+    for fig in (figures.ablation_figure(abl, baseline=0.1), figures.rho_k_figure(abl), figures.rho_k_figure(abl, baseline=0.1)):
         assert fig is not None
         plt.close(fig)
