@@ -56,6 +56,8 @@ COMPARISONS = [
     # Near convergence (cpu-full grid `converged`): AdamW levels off between 96 and 192 epochs.
     ("C3", "baseline_ep96", "format_ep48", "steps", "formatting vs plain CPT for as many steps, near convergence"),
     ("C3", "baseline_ep48", "format_ep48", "epochs", "formatting vs plain CPT, both at 4x epochs"),
+    ("C4", "baseline_ep96", "sam_ep96", "steps", "SAM vs AdamW, both at 8x epochs (near convergence)"),
+    ("C4", "baseline_ep192", "sam_ep96", "compute", "SAM vs AdamW with as many gradient evaluations, near convergence"),
     ("regime", "baseline", "baseline_2x", "epochs", "AdamW: 2x vs 1x the CPT epochs"),
     ("regime", "baseline_2x", "baseline_ep48", "epochs", "AdamW: 4x vs 2x the CPT epochs"),
     ("regime", "baseline_ep48", "baseline_ep96", "epochs", "AdamW: 8x vs 4x the CPT epochs"),

@@ -26,7 +26,7 @@ LABELS = {"baseline": "AdamW", "format_steps": "+format", "format": "+format", "
 # methods at 1x and 2x; each method point has AdamW points at its optimizer steps and at its
 # gradient evaluations.
 SATURATION_CURVE = ["baseline_ep6", "baseline", "baseline_2x", "baseline_ep48", "baseline_ep96", "baseline_ep192"]
-SATURATION_POINTS = ["format", "format_ep24", "format_ep48", "sam", "sam_ep24", "format_sam", "format_sam_ep24",
+SATURATION_POINTS = ["format", "format_ep24", "format_ep48", "sam", "sam_ep96", "sam_ep24", "format_sam", "format_sam_ep24",
                      "baseline@lrx2.0", "baseline@lrx4.0"]
 
 
