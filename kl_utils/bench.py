@@ -5,11 +5,13 @@ are what survives a change of machine. Methods alternate within each repeat; med
     python -m kl_utils.bench [--steps N] [--threads T] [--compile] [--end-to-end] [--packing-check]
 
 Figures: SAM / AdamW update time (kl_utils.bench_sam); training throughput (labelled tokens/s)
-of our loop with each batching mode vs the Hugging Face `Trainer` (same model, data, batch size,
-optimizer and steps); batched QA evaluation vs a per-example `generate` loop (same answers
+of our loop in each variant (VARIANTS: batching mode, labelled-only logits, fused AdamW) vs the
+Hugging Face `Trainer` (same model, data, batch size, schedule and steps); batched QA evaluation vs a per-example `generate` loop (same answers
 asserted); CPU threading (threads, two 1-thread processes, torch.compile, DataLoader workers);
 end to end (`make reproduce PROFILE=smoke`, `make test`: only with --end-to-end; the cpu
-reproduce time is read from results/cpu/timing.json); where the time goes in the cpu run.
+reproduce time is read from results/cpu/timing.json); where the time goes in the cpu run; the
+cpu profile's held-out EM per arm with its fast implementation vs the records made before it
+(results/cpu/runs-v1), paired by seed.
 `--packing-check` trains CPT + IT on the cpu data from the cached base model with each batching
 mode for 2 seeds (shortened schedule) and prints held-out QA: does batching change what is learned?
 """
@@ -36,11 +38,19 @@ from kl_utils.records import atomic_write_json, environment
 TARGETS = {"sam_over_adamw": ("<=", 2.05), "efficient_sam_over_adamw": ("<=", 1.3),
            "train_tokens_per_s_over_hf_trainer": (">=", 1.5), "batched_eval_over_per_example": (">=", 10.0),
            "smoke_reproduce_s": ("<=", 180), "cpu_reproduce_s": ("<=", 1800), "test_s": ("<=", 900)}
-# The batching mode of the headline throughput figure: "pack" trains on the very batches of "pad"
-# (equal losses, tests/test_batching.py). "bucket" is faster still but changes batch composition, and
-# that changes what is learned: a base model trained with it reached 0.537 held-out base QA instead of
-# 0.952 (profiles/cpu-bucket.yaml), so it is reported beside, not as the headline.
-MODE = "pack"
+# Our loop's variants in the throughput figure: the same updates, computed differently
+# (kl_utils.train's implementation keys). "pad" computes what the Trainer computes (padded batches,
+# logits at every position; foreach AdamW). "pack" trains on the very batches of "pad" (equal
+# losses, tests/test_batching.py); "fast" adds labelled-only logits and fused AdamW (the cpu
+# profile's setting; same losses and gradients, tests/test_implementation.py) and is the headline.
+# "bucket" is faster still but changes batch composition, and that changes what is learned: a base
+# model trained with it reached 0.537 held-out base QA instead of 0.952 (profiles/cpu-bucket.yaml),
+# so it is reported beside, not as the headline.
+VARIANTS = {"pad": {"batching": "pad", "logits": "all", "fused": False},
+            "bucket": {"batching": "bucket", "logits": "all", "fused": False},
+            "pack": {"batching": "pack", "logits": "all", "fused": False},
+            "fast": {"batching": "pack", "logits": "labelled", "fused": True}}
+MODE = "fast"
 
 
 def _setup(profile: str = "cpu"):
@@ -74,9 +84,9 @@ def _median_tokens_per_s(runs: dict) -> dict:
     return {k: statistics.median(tok / s for tok, s in v) for k, v in runs.items()}
 
 
-def batching_mode(cfg: dict, mode: str) -> dict:
-    """The train config that makes `train.train` batch in `mode`."""
-    return {**cfg, "batching": mode}
+def variant_config(cfg: dict, variant: str) -> dict:
+    """A stage config computed the way VARIANTS[variant] says."""
+    return {**cfg, **VARIANTS[variant]}
 
 
 # ---------------------------------------------------------------- training throughput
@@ -112,15 +122,16 @@ def first_batches(examples, micro, pad_id, seed, mode, n) -> list[dict]:
     return out
 
 
-def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=("pad", "bucket", "pack"),
+def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=tuple(VARIANTS),
                      seed=0, verbose=True) -> dict:
-    """Labelled tokens/s of train.train (each batching mode) and of HF Trainer, alternating."""
+    """Labelled tokens/s of train.train (each variant) and of HF Trainer, alternating."""
     from kl_utils.model import build_model
     tcfg = {k: v for k, v in cfg["cpt"].items() if k != "epochs"}
     tcfg["max_steps"] = n_steps
     pad = tok.pad_token_id
     micro = tcfg["batch_size"] // tcfg.get("grad_accum", 1)
-    useful = {m: sum(_labelled(b) for b in first_batches(examples, micro, pad, seed, m, n_steps)) for m in modes}
+    useful = {m: sum(_labelled(b) for b in first_batches(examples, micro, pad, seed, VARIANTS[m]["batching"], n_steps))
+              for m in modes}
     # hf_trainer: Trainer's defaults (fused AdamW on torch >= 2.8); hf_trainer_foreach: the same
     # Trainer with the foreach AdamW train.py uses, to separate the loop from the optimizer kernel.
     names = (*modes, "hf_trainer", "hf_trainer_foreach")
@@ -134,7 +145,7 @@ def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=("pad",
                                              optim="adamw_torch" if m == "hf_trainer_foreach" else None)
                 else:
                     t0 = time.perf_counter()
-                    train_mod.train(model, examples, batching_mode(tcfg, m), seed=seed, pad_id=pad, desc=m)
+                    train_mod.train(model, examples, variant_config(tcfg, m), seed=seed, pad_id=pad, desc=m)
                     result = (useful[m], time.perf_counter() - t0)
                 if rep:
                     runs[m].append(result)
@@ -302,11 +313,12 @@ def time_breakdown(profile: str = "cpu") -> tuple[dict, list[tuple[str, float]]]
 
 
 # ---------------------------------------------------------------- does batching change what is learned?
-def packing_check(modes=("pad", "bucket"), seeds=(0, 1), cpt_epochs=None, it_epochs=None) -> dict:
-    """CPT + IT from the cached cpu base model, per batching mode and seed; held-out (test) QA
+def packing_check(modes=("pad", "fast", "bucket"), seeds=(0, 1), cpt_epochs=None, it_epochs=None) -> dict:
+    """CPT + IT from the cached cpu base model, per variant (VARIANTS) and seed; held-out (test) QA
     exact match. Epochs: the profile's unless given (with 4 CPT epochs EM stays at chance, too
-    early to tell modes apart). Writes no run records. "pack" trains on the very batches of "pad"
-    (equal losses: tests/test_batching.py), so only "bucket" can change what is learned."""
+    early to tell modes apart). Writes no run records. "pack" and "fast" compute the updates of
+    "pad" (equal losses: tests/test_batching.py, tests/test_implementation.py), so only "bucket"
+    can change what is learned."""
     import copy
     from kl_utils.experiment import _eval, cpt_documents, it_examples
     cfg, ds, tok = _setup("cpu")
@@ -322,12 +334,53 @@ def packing_check(modes=("pad", "bucket"), seeds=(0, 1), cpt_epochs=None, it_epo
                     ("cpt", data.encode_documents(cpt_documents(new, cfg["cpt"], seed), tok),
                      cpt_epochs or cfg["cpt"]["epochs"]),
                     ("it", data.encode_qa(it_examples(ds, "train", cfg["it"], seed), tok), it_epochs or cfg["it"]["epochs"])):
-                train_mod.train(model, examples, batching_mode({**cfg[stage], "epochs": epochs}, mode), seed=seed,
+                train_mod.train(model, examples, variant_config({**cfg[stage], "epochs": epochs}, mode), seed=seed,
                                 pad_id=tok.pad_token_id, desc=f"{mode} {stage}")
             em = _eval(model, tok, ds, "test", cfg)["em"]
             out[f"{mode}_s{seed}"] = {"test_em": em, "s": round(time.time() - t0, 1)}
             print(f"  packing check: {mode:<7} seed {seed}: held-out EM {em:.3f} ({time.time() - t0:.0f} s)")
     return out
+
+
+# ---------------------------------------------------------------- does the fast implementation change results?
+PREVIOUS_RUNS = "runs-v1"  # results/<profile>/runs-v1: records made before the switch to VARIANTS["fast"]
+
+
+def implementation_check(profile: str = "cpu", previous: str = PREVIOUS_RUNS, metric: str = "test_em",
+                         verbose: bool = True) -> dict:
+    """Held-out EM of every arm and of the base model, computed with the default implementation
+    (padded batches, logits everywhere, foreach AdamW: the records kept in results/<profile>/<previous>)
+    and with the profile's current one, paired by seed (same data, initialisation and batch order;
+    only float rounding differs, and training amplifies it into a different run). Differences
+    whose CI contains 0 are seed-level noise."""
+    from kl_utils.stats import mean_ci, paired_diff_ci
+    root = results_dir(profile)
+
+    def load(folder):
+        out = {}
+        for path in sorted((root / folder).glob("*.json")):
+            rec = json.loads(path.read_text())
+            if rec.get("kind") == "arm":
+                out.setdefault(rec["arm"], {})[rec["seed"]] = rec["metrics"][metric]
+            elif rec.get("kind") == "base":
+                out.setdefault("base model (held-out base QA)", {})[rec["seed"]] = rec["metrics"]["base_heldout_qa_em"]
+        return out
+    old, new = load(previous), load("runs")
+    rows = {}
+    for arm in sorted(set(old) & set(new)):
+        row = {"previous": mean_ci(old[arm].values()), "current": mean_ci(new[arm].values())}
+        if set(old[arm]) & set(new[arm]):
+            row["current_minus_previous"] = paired_diff_ci(old[arm], new[arm])
+        rows[arm] = row
+    if verbose:
+        if not rows:
+            print(f"  no arm has records in both results/{profile}/{previous} and results/{profile}/runs")
+        for arm, r in rows.items():
+            d = r.get("current_minus_previous")
+            diff = "" if d is None else (f"{d['mean']:+.3f}" + ("" if d["n"] < 2 else f" [{d['low']:+.3f}, {d['high']:+.3f}]")
+                                         + f" ({d['n']} seeds)")
+            print(f"  {arm:<32} previous {r['previous']['mean']:.3f}  current {r['current']['mean']:.3f}  {diff}")
+    return rows
 
 
 # ---------------------------------------------------------------- main
@@ -395,6 +448,8 @@ def main(argv=None) -> dict:
     if args.packing_check:
         extra["packing_check"] = packing_check()
     figures.update(end_to_end() if args.end_to_end else {"smoke_reproduce_s": "not run", "test_s": "not run"})
+    print("the cpu profile's fast implementation vs the previous one (held-out EM, current - previous, paired by seed)")
+    extra["implementation_check"] = implementation_check("cpu")
     cpu, rows = time_breakdown("cpu")
     figures.update(cpu)
     _print_table(figures)

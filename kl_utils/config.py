@@ -76,6 +76,22 @@ def merge(base: dict, override: dict | None) -> dict:
     return out
 
 
+# Training-stage keys that select an implementation of the same computation (kl_utils.train), with
+# the value each had before the key existed. A stage that sets one to this value hashes as if the
+# key were absent, so records made before the key was introduced keep their run ids.
+IMPLEMENTATION_DEFAULTS = {"batching": "pad", "logits": "all", "fused": False}
+STAGES = ("base", "cpt", "it")
+
+
+def canonical_spec(spec: dict) -> dict:
+    """`spec` with each stage's implementation keys left out where they have their default value."""
+    def stage(cfg):
+        if not isinstance(cfg, dict):
+            return cfg
+        return {k: v for k, v in cfg.items() if not (k in IMPLEMENTATION_DEFAULTS and v == IMPLEMENTATION_DEFAULTS[k])}
+    return {k: stage(v) if k in STAGES else v for k, v in spec.items()}
+
+
 def config_hash(obj) -> str:
     """Stable short hash of a JSON-able config (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -15,7 +15,7 @@ import copy
 import time
 
 from kl_utils import data, evaluate, experiment, probe, records, stats
-from kl_utils.config import config_hash, merge
+from kl_utils.config import canonical_spec, config_hash, merge
 from kl_utils.summary import verdict
 from kl_utils.train import train
 
@@ -62,8 +62,8 @@ def run(profile: str, cfg: dict, ds, tok, *, paraphrases: int, seed: int, log=pr
     n, passes = paraphrases, an["passes"]
     if passes % n:
         raise ValueError(f"passes ({passes}) must be a multiple of the paraphrase count ({n})")
-    spec = {"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "cpt": cfg["cpt"], "it": cfg["it"],
-            "eval": cfg["eval"], "analysis": an, "paraphrases": n}
+    spec = canonical_spec({"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "cpt": cfg["cpt"],
+                           "it": cfg["it"], "eval": cfg["eval"], "analysis": an, "paraphrases": n})
     run_id = f"diversity-n{n}-s{seed}-{config_hash(spec)}"
     t0 = time.time()
     people = select_people(ds, an["n_train_people"], an["n_test_people"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from kl_utils import bios, data, evaluate, records
-from kl_utils.config import config_hash
+from kl_utils.config import canonical_spec, config_hash
 from kl_utils.model import build_model, n_parameters
 from kl_utils.paths import cache_dir, data_dir
 from kl_utils.tokenizer import build_word_tokenizer, load_tokenizer
@@ -130,7 +130,8 @@ BASE_DATA_KEYS = ("seed", "n_base", "n_train_templates", "base_paraphrases", "pe
 
 
 def base_spec(cfg: dict) -> dict:
-    return {"data": {k: cfg["data"].get(k) for k in BASE_DATA_KEYS}, "model": cfg["model"], "base": cfg["base"]}
+    return canonical_spec({"data": {k: cfg["data"].get(k) for k in BASE_DATA_KEYS}, "model": cfg["model"],
+                           "base": cfg["base"]})
 
 
 def base_model(profile: str, cfg: dict, ds, tok, log=print):
@@ -295,7 +296,8 @@ def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
     arm_cfg = merge({"cpt": cfg["cpt"], "it": cfg["it"], "budget": "epochs", "order": "standard"}, override)
     if arm_cfg["budget"] not in BUDGETS or arm_cfg["order"] not in ORDERS:
         raise ValueError(f"arm {arm!r}: budget must be one of {BUDGETS}, order one of {ORDERS}")
-    spec = {"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "eval": cfg["eval"], **arm_cfg}
+    spec = canonical_spec({"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "eval": cfg["eval"],
+                           **arm_cfg})
     return arm_cfg, spec, f"{arm}-s{seed}-{config_hash(spec)}"
 
 

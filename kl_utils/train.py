@@ -4,7 +4,12 @@ or SAM from the config, and logs per-step loss and learning rate.
 
 Train config keys (profiles/*.yaml): epochs | max_steps, batch_size, grad_accum, lr,
 weight_decay, betas, warmup_frac, min_lr_frac, grad_clip, optimizer (adamw | sam), rho,
-adaptive, sam_every_k, mixed_precision (no | bf16).
+adaptive, sam_every_k, mixed_precision (no | bf16), and three keys that change only how the
+same arithmetic is done (not what is learned; each changes float rounding, so they are part of a
+run's config hash when set to anything but their default):
+batching (pad | pack | bucket: kl_utils.batching; bucket does change batch composition),
+logits (all | labelled: the LM head and softmax only at positions that carry a label),
+fused (false | true: torch's fused AdamW kernel instead of the foreach one).
 """
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ from kl_utils.batching import lazy_batches
 from kl_utils.batching import pad_collate as collate  # the right-padded batch, kept under its old name
 
 OPTIMIZERS = ("adamw", "sam")
+LOGITS = ("all", "labelled")
+# Model types whose logits are exactly lm_head(final hidden state): no soft-capping or scaling,
+# so `logits: labelled` may apply the head to the labelled positions alone.
+PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def set_seed(seed: int) -> None:
@@ -56,9 +65,25 @@ def autocast_context(mixed_precision: str, device: torch.device):
     return nullcontext()
 
 
-def lm_loss(model, batch: dict) -> torch.Tensor:
-    """Mean next-token cross-entropy over the labelled tokens of the batch."""
-    return model(**batch).loss
+def lm_loss(model, batch: dict, logits: str = "all") -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens of the batch.
+
+    logits="labelled" computes the LM head (and the softmax) only at the positions whose next
+    token carries a label: the same loss and gradient as the model's own (which computes logits
+    for every position, padding and prompts included), for a fraction of the head's cost. Falls
+    back to the model's own loss for a DDP-wrapped model (the forward must go through the
+    wrapper) and for model types outside PLAIN_HEAD_MODELS."""
+    if logits not in LOGITS:
+        raise ValueError(f"unknown logits mode {logits!r}; valid: {', '.join(LOGITS)}")
+    if logits == "all" or getattr(model, "module", None) is not None \
+            or getattr(model.config, "model_type", None) not in PLAIN_HEAD_MODELS:
+        return model(**batch).loss
+    labels = batch["labels"]
+    hidden = model.get_decoder()(**{k: v for k, v in batch.items() if k != "labels"}).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    head_out = model.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(head_out.float(), target[keep])
 
 
 def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
@@ -73,6 +98,8 @@ def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": cfg.get("weight_decay", 0.0)},
               {"params": no_decay, "weight_decay": 0.0}]
     base_kwargs = {"lr": cfg["lr"], "betas": tuple(cfg.get("betas", (0.9, 0.999)))}
+    if cfg.get("fused"):
+        base_kwargs["fused"] = True  # one kernel for the whole update (CPU and CUDA, torch >= 2.4)
     if name == "adamw":
         return torch.optim.AdamW(groups, **base_kwargs)
     from kl_utils.sam import SAM
@@ -213,7 +240,7 @@ def _update(model, optimizer, micro_batches, cfg, accelerator, precision="no") -
     """One optimizer update over the gradient-accumulation micro-batches; returns the mean loss."""
     def loss_fn(m, batch):
         with autocast_context(precision, accelerator.device):
-            return lm_loss(m, batch)
+            return lm_loss(m, batch, cfg.get("logits", "all"))
     inner = getattr(optimizer, "optimizer", optimizer)
     if hasattr(inner, "first_step"):
         from kl_utils.sam import sam_update  # lazily: only SAM runs need it

@@ -23,13 +23,13 @@ def test_time_breakdown_reads_timing_and_records(tmp_path, monkeypatch, capsys):
 
 
 def test_train_throughput_times_each_mode_and_both_trainers(tmp_path, monkeypatch):
-    """Every batching mode and both Trainer optimizers get a positive labelled-tokens/s figure."""
+    """Every variant of our loop and both Trainer optimizers get a positive labelled-tokens/s figure."""
     from kl_utils import bench, data, paths
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     cfg, ds, tok = bench._setup("smoke")
     docs = data.encode_documents(data.documents(ds.filter(lambda r: r["population"] == "new")), tok)[:40]
     out = bench.train_throughput(cfg, tok, docs, n_steps=2, repeats=1, verbose=False)
-    assert set(out["tokens_per_s"]) == {"pad", "bucket", "pack", "hf_trainer", "hf_trainer_foreach"}
+    assert set(out["tokens_per_s"]) == {"pad", "bucket", "pack", "fast", "hf_trainer", "hf_trainer_foreach"}
     assert all(v > 0 for v in out["tokens_per_s"].values()) and out["config"]["steps"] == 2
 
 
@@ -40,3 +40,20 @@ def test_first_batches_run_on_into_the_next_epoch():
     got = bench.first_batches(ex, 4, 0, seed=1, mode="pad", n=5)  # 3 batches per epoch
     want = batching.make_batches(ex, 4, 0, 1, 1, "pad") + batching.make_batches(ex, 4, 0, 1, 2, "pad")[:2]
     assert len(got) == 5 and all(a["input_ids"].equal(b["input_ids"]) for a, b in zip(got, want))
+
+
+def test_implementation_check_pairs_arms_by_seed(tmp_path, monkeypatch):
+    from kl_utils import bench
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    for folder, ems in (("runs-v1", [0.10, 0.20, 0.30]), ("runs", [0.12, 0.21, 0.33])):
+        (tmp_path / "cpu" / folder).mkdir(parents=True)
+        for seed, em in enumerate(ems):
+            (tmp_path / "cpu" / folder / f"baseline-s{seed}-x.json").write_text(json.dumps(
+                {"kind": "arm", "arm": "baseline", "seed": seed, "metrics": {"test_em": em}}))
+        (tmp_path / "cpu" / folder / "probe-x.json").write_text(json.dumps({"kind": "probe_arm", "metrics": {}}))
+    (tmp_path / "cpu" / "runs" / "sam-s0-y.json").write_text(json.dumps(
+        {"kind": "arm", "arm": "sam", "seed": 0, "metrics": {"test_em": 0.5}}))  # no previous record
+    rows = bench.implementation_check("cpu", verbose=False)
+    assert set(rows) == {"baseline"}
+    d = rows["baseline"]["current_minus_previous"]
+    assert d["n"] == 3 and abs(d["mean"] - 0.02) < 1e-9 and d["low"] < d["mean"] < d["high"]
