@@ -16,7 +16,7 @@ help:
 	@echo "make reproduce [PROFILE=$(PROFILES)]   run every notebook in order (default: cpu)"
 	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
 	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
-	@echo "make bench                              speed benchmarks (ratios measured side by side)"
+	@echo "make bench                              speed benchmarks (ratios measured side by side, ~10 min)"
 	@echo "make controls                           the control grids of cpu-full that notebook 06 reads (~3 h)"
 
 env: $(STAMP)
@@ -61,8 +61,10 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --MappingKernelManager.default_kernel_name=$(KERNEL)
 
+# Every figure of the speed issue, end to end included (~10 min; BENCH_ARGS= for the ratios alone).
+BENCH_ARGS ?= --end-to-end
 bench: $(STAMP)
-	$(PY) -m kl_utils.bench
+	TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 $(PY) -m kl_utils.bench $(BENCH_ARGS)
 
 # The controls notebook 06 reads (cpu: from cpu-full); then `make reproduce` redraws them.
 controls: $(STAMP)

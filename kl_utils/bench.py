@@ -11,7 +11,7 @@ asserted); CPU threading (threads, two 1-thread processes, torch.compile, DataLo
 end to end (`make reproduce PROFILE=smoke`, `make test`: only with --end-to-end; the cpu
 reproduce time is read from results/cpu/timing.json); where the time goes in the cpu run; the
 cpu profile's held-out EM per arm with its fast implementation vs the records made before it
-(results/cpu/runs-v1), paired by seed.
+(results/cpu/runs-v1), paired by seed (`--implementation-check` prints only that).
 `--packing-check` trains CPT + IT on the cpu data from the cached base model with each batching
 mode for 2 seeds (shortened schedule) and prints held-out QA: does batching change what is learned?
 """
@@ -51,6 +51,7 @@ VARIANTS = {"pad": {"batching": "pad", "logits": "all", "fused": False},
             "pack": {"batching": "pack", "logits": "all", "fused": False},
             "fast": {"batching": "pack", "logits": "labelled", "fused": True}}
 MODE = "fast"
+TRAIN_STEPS = 32  # timed updates per training-throughput run (12 was too noisy)
 
 
 def _setup(profile: str = "cpu"):
@@ -122,7 +123,7 @@ def first_batches(examples, micro, pad_id, seed, mode, n) -> list[dict]:
     return out
 
 
-def train_throughput(cfg, tok, examples, *, n_steps=32, repeats=3, modes=tuple(VARIANTS),
+def train_throughput(cfg, tok, examples, *, n_steps=TRAIN_STEPS, repeats=3, modes=tuple(VARIANTS),
                      seed=0, verbose=True) -> dict:
     """Labelled tokens/s of train.train (each variant) and of HF Trainer, alternating."""
     from kl_utils.model import build_model
@@ -343,44 +344,60 @@ def packing_check(modes=("pad", "fast", "bucket"), seeds=(0, 1), cpt_epochs=None
 
 
 # ---------------------------------------------------------------- does the fast implementation change results?
-PREVIOUS_RUNS = "runs-v1"  # results/<profile>/runs-v1: records made before the switch to VARIANTS["fast"]
+# Two comparisons, each against the cpu records made before the switch to VARIANTS["fast"]
+# (results/cpu/runs-v1: padded batches, logits everywhere, foreach AdamW, in every stage):
+# - "CPT + IT only": profiles/cpu-impl.yaml trains the cpu arms with the fast implementation from
+#   that old base model, so a pair differs only in how CPT and IT compute their updates;
+# - "whole pipeline": the current cpu records, whose base model was trained with it too.
+IMPLEMENTATION_CHECKS = {"CPT + IT only (same base model)": ("cpu", "runs-v1", "cpu-impl", "runs"),
+                         "whole pipeline (its own base model)": ("cpu", "runs-v1", "cpu", "runs")}
 
 
-def implementation_check(profile: str = "cpu", previous: str = PREVIOUS_RUNS, metric: str = "test_em",
-                         verbose: bool = True) -> dict:
-    """Held-out EM of every arm and of the base model, computed with the default implementation
-    (padded batches, logits everywhere, foreach AdamW: the records kept in results/<profile>/<previous>)
-    and with the profile's current one, paired by seed (same data, initialisation and batch order;
-    only float rounding differs, and training amplifies it into a different run). Differences
-    whose CI contains 0 are seed-level noise."""
+def _em_by_arm_seed(folder: Path, metric: str) -> dict:
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("kind") == "arm":
+            out.setdefault(rec["arm"], {})[rec["seed"]] = rec["metrics"][metric]
+        elif rec.get("kind") == "base":
+            out.setdefault("base model (held-out base QA)", {})[rec["seed"]] = rec["metrics"]["base_heldout_qa_em"]
+    return out
+
+
+def implementation_check(previous: tuple[str, str] = ("cpu", "runs-v1"), current: tuple[str, str] = ("cpu", "runs"),
+                         metric: str = "test_em", verbose: bool = True) -> dict:
+    """Held-out EM of every arm (and of the base model) in two record folders, given as (profile,
+    folder under results/<profile>), paired by seed: same data, initialisation and batch order, so
+    a pair differs only in what the two folders' configs compute differently (here: float rounding,
+    which training amplifies into a different run). Differences whose CI contains 0 are seed noise."""
     from kl_utils.stats import mean_ci, paired_diff_ci
-    root = results_dir(profile)
-
-    def load(folder):
-        out = {}
-        for path in sorted((root / folder).glob("*.json")):
-            rec = json.loads(path.read_text())
-            if rec.get("kind") == "arm":
-                out.setdefault(rec["arm"], {})[rec["seed"]] = rec["metrics"][metric]
-            elif rec.get("kind") == "base":
-                out.setdefault("base model (held-out base QA)", {})[rec["seed"]] = rec["metrics"]["base_heldout_qa_em"]
-        return out
-    old, new = load(previous), load("runs")
+    old = _em_by_arm_seed(results_dir(previous[0]) / previous[1], metric)
+    new = _em_by_arm_seed(results_dir(current[0]) / current[1], metric)
     rows = {}
     for arm in sorted(set(old) & set(new)):
-        row = {"previous": mean_ci(old[arm].values()), "current": mean_ci(new[arm].values())}
-        if set(old[arm]) & set(new[arm]):
-            row["current_minus_previous"] = paired_diff_ci(old[arm], new[arm])
-        rows[arm] = row
+        seeds = set(old[arm]) & set(new[arm])
+        if not seeds:
+            continue
+        rows[arm] = {"previous": mean_ci([old[arm][s] for s in seeds]), "current": mean_ci([new[arm][s] for s in seeds]),
+                     "current_minus_previous": paired_diff_ci(old[arm], new[arm])}
     if verbose:
         if not rows:
-            print(f"  no arm has records in both results/{profile}/{previous} and results/{profile}/runs")
+            print(f"  no arm has records of the same seed in results/{'/'.join(previous)} and results/{'/'.join(current)}")
         for arm, r in rows.items():
-            d = r.get("current_minus_previous")
-            diff = "" if d is None else (f"{d['mean']:+.3f}" + ("" if d["n"] < 2 else f" [{d['low']:+.3f}, {d['high']:+.3f}]")
-                                         + f" ({d['n']} seeds)")
-            print(f"  {arm:<32} previous {r['previous']['mean']:.3f}  current {r['current']['mean']:.3f}  {diff}")
+            d = r["current_minus_previous"]
+            ci = "" if d["n"] < 2 else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
+            print(f"    {arm:<32} previous {r['previous']['mean']:.3f}  current {r['current']['mean']:.3f}  "
+                  f"{d['mean']:+.3f}{ci} ({d['n']} seeds)")
     return rows
+
+
+def implementation_checks(verbose: bool = True) -> dict:
+    out = {}
+    for name, (p0, f0, p1, f1) in IMPLEMENTATION_CHECKS.items():
+        if verbose:
+            print(f"  {name}: results/{p0}/{f0} -> results/{p1}/{f1} (held-out EM, current - previous, paired by seed)")
+        out[name] = implementation_check((p0, f0), (p1, f1), verbose=verbose)
+    return out
 
 
 # ---------------------------------------------------------------- main
@@ -399,15 +416,19 @@ def _print_table(figures: dict) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=48, help="timed SAM/AdamW updates per method")
-    ap.add_argument("--train-steps", type=int, default=32, help="updates per training-throughput run")
+    ap.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help="updates per training-throughput run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     ap.add_argument("--end-to-end", action="store_true", help="also time make reproduce PROFILE=smoke and make test")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (about 2-3 minutes)")
     ap.add_argument("--packing-check", action="store_true", help="held-out QA per batching mode (~10+ min)")
+    ap.add_argument("--implementation-check", action="store_true",
+                    help="only print the held-out EM of the fast vs the previous implementation (reads records)")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
         return _worker(args.worker)
+    if args.implementation_check:
+        return implementation_checks()
     t0 = time.time()
     torch.set_num_threads(args.threads)
     cfg, ds, tok = _setup("cpu")
@@ -448,8 +469,8 @@ def main(argv=None) -> dict:
     if args.packing_check:
         extra["packing_check"] = packing_check()
     figures.update(end_to_end() if args.end_to_end else {"smoke_reproduce_s": "not run", "test_s": "not run"})
-    print("the cpu profile's fast implementation vs the previous one (held-out EM, current - previous, paired by seed)")
-    extra["implementation_check"] = implementation_check("cpu")
+    print("does the cpu profile's fast implementation change what is learned?")
+    extra["implementation_check"] = implementation_checks()
     cpu, rows = time_breakdown("cpu")
     figures.update(cpu)
     _print_table(figures)

@@ -95,14 +95,23 @@ def compare(recs: list[dict], claim: str, arm_a: str, arm_b: str, budget: str, c
             "verdict": verdict(d), "arm_a": arm_a, "arm_b": arm_b, "run_ids": " ".join(ids)}
 
 
+def lr_variants(arms, arm: str) -> list[str]:
+    """`arm` and its learning-rate variants `arm@lrx<f>` among the names in `arms`."""
+    return [a for a in arms if a == arm or a.startswith(f"{arm}@lrx")]
+
+
+def best_by_valid(valid_means: dict, arm: str) -> str:
+    """The one rule for tuning on validation: among `arm` and its learning-rate variants, the name
+    with the best mean validation EM (ties go to the configured `arm`; test EM is never looked at).
+    valid_means: arm name -> mean validation EM over seeds."""
+    cands = lr_variants(valid_means, arm)
+    return max(cands, key=lambda a: (valid_means[a], a == arm)) if cands else arm
+
+
 def best_variant_by_valid(recs: list[dict], arm: str) -> str:
-    """Among `arm` and its learning-rate variants `arm@lrx<f>`, the one with the best mean
-    validation EM (test EM is never looked at here)."""
+    """best_by_valid over the records' validation EM."""
     values = by_arm(recs, "valid_em")
-    cands = [a for a in values if a == arm or a.startswith(f"{arm}@lrx")]
-    if not cands:
-        return arm
-    return max(cands, key=lambda a: (sum(values[a].values()) / len(values[a]), a == arm))
+    return best_by_valid({a: sum(v.values()) / len(v) for a, v in values.items()}, arm)
 
 
 def has_lr_variants(recs: list[dict], arm: str) -> bool:

@@ -125,14 +125,15 @@ def ablation_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 def lr_tuning_table(df: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
     """Per arm and learning-rate factor: mean valid and held-out EM over seeds; `chosen` marks the
-    variant with the best mean *validation* EM (claims.best_variant_by_valid), the one tuned rows use."""
+    variant with the best mean *validation* EM (claims.best_by_valid: the rule the tuned claims rows use)."""
+    from kl_utils import claims
     rows = []
     for arm in arms:
-        sub = df[(df.arm == arm) | df.arm.str.startswith(f"{arm}@lrx")]
+        sub = df[df.arm.isin(claims.lr_variants(set(df.arm), arm))]
         if not len(sub):
             continue
         g = sub.groupby("arm").agg(valid_em=("valid_em", "mean"), test_em=("test_em", "mean"), seeds=("seed", "nunique"))
-        best = max(g.index, key=lambda a: (g.loc[a, "valid_em"], a == arm))
+        best = claims.best_by_valid(g["valid_em"].to_dict(), arm)
         for a, r in g.iterrows():
             rows.append({"arm": arm, "lr factor": float(a.split("@lrx")[1]) if "@lrx" in a else 1.0,
                          "valid EM": r.valid_em, "held-out EM": r.test_em, "seeds": int(r.seeds), "chosen": a == best})

@@ -53,7 +53,7 @@ def test_implementation_check_pairs_arms_by_seed(tmp_path, monkeypatch):
         (tmp_path / "cpu" / folder / "probe-x.json").write_text(json.dumps({"kind": "probe_arm", "metrics": {}}))
     (tmp_path / "cpu" / "runs" / "sam-s0-y.json").write_text(json.dumps(
         {"kind": "arm", "arm": "sam", "seed": 0, "metrics": {"test_em": 0.5}}))  # no previous record
-    rows = bench.implementation_check("cpu", verbose=False)
+    rows = bench.implementation_check(("cpu", "runs-v1"), ("cpu", "runs"), verbose=False)
     assert set(rows) == {"baseline"}
     d = rows["baseline"]["current_minus_previous"]
     assert d["n"] == 3 and abs(d["mean"] - 0.02) < 1e-9 and d["low"] < d["mean"] < d["high"]

@@ -64,6 +64,10 @@ def test_lr_tuning_table_marks_the_variant_best_on_valid_not_test():
     table = figures.lr_tuning_table(figures.arm_frame(recs), ["sam", "format_steps"])
     assert list(table["lr factor"]) == [0.5, 1.0, 2.0] and set(table.arm) == {"sam"}
     assert list(table.chosen) == [False, False, True] and table["seeds"].eq(3).all()
+    # the table's choice is the claims rows' choice (one rule: claims.best_by_valid)
+    from kl_utils import claims
+    chosen = table[table.chosen].iloc[0]
+    assert claims.best_variant_by_valid(recs, "sam") == f"sam@lrx{chosen['lr factor']}"
 
 
 def test_ablation_frame_and_figures_from_ablation_arms():
