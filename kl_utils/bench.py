@@ -123,11 +123,12 @@ def first_batches(examples, micro, pad_id, seed, mode, n) -> list[dict]:
     return out
 
 
-def train_throughput(cfg, tok, examples, *, n_steps=TRAIN_STEPS, repeats=3, modes=tuple(VARIANTS),
+def train_throughput(cfg, tok, examples, *, stage="cpt", n_steps=TRAIN_STEPS, repeats=3, modes=tuple(VARIANTS),
                      seed=0, verbose=True) -> dict:
-    """Labelled tokens/s of train.train (each variant) and of HF Trainer, alternating."""
+    """Labelled tokens/s of train.train (each variant) and of HF Trainer, alternating, with the
+    batch size and optimizer settings of the profile's `stage` (the stage that trains on `examples`)."""
     from kl_utils.model import build_model
-    tcfg = {k: v for k, v in cfg["cpt"].items() if k != "epochs"}
+    tcfg = {k: v for k, v in cfg[stage].items() if k not in ("epochs", "enabled", "qa_frac")}
     tcfg["max_steps"] = n_steps
     pad = tok.pad_token_id
     micro = tcfg["batch_size"] // tcfg.get("grad_accum", 1)
@@ -154,7 +155,7 @@ def train_throughput(cfg, tok, examples, *, n_steps=TRAIN_STEPS, repeats=3, mode
     if verbose:
         for m, v in tps.items():
             print(f"  train {m:<19}{v:>9.0f} labelled tokens/s  x{v / tps['hf_trainer']:.2f} HF Trainer")
-    return {"tokens_per_s": tps, "config": {"steps": n_steps, "repeats": repeats, "batch_size": tcfg["batch_size"],
+    return {"tokens_per_s": tps, "config": {"stage": stage, "steps": n_steps, "repeats": repeats, "batch_size": tcfg["batch_size"],
                                             "n_examples": len(examples), "threads": torch.get_num_threads()}}
 
 
@@ -405,7 +406,7 @@ def _print_table(figures: dict) -> None:
     print(f"\n{'figure':<40}{'value':>12}{'target':>10}  verdict")
     for key, value in figures.items():
         op, target = TARGETS.get(key, (None, None))
-        if isinstance(value, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             ok = target is None or (value <= target if op == "<=" else value >= target)
             print(f"{key:<40}{value:>12.3f}{'' if target is None else f'{op} {target}':>10}  "
                   f"{'' if target is None else ('ok' if ok else 'MISSED')}")
@@ -445,9 +446,10 @@ def main(argv=None) -> dict:
         data.encode_qa([dict(x) for row in base.select(range(len(base) // 2)) for x in row["qa"]], tok)
     # The headline figure is on documents and QA pairs mixed (the base stage's data; PIT's too), the
     # case the target is about: lengths vary, so padding wastes compute. CPT documents alone are of
-    # similar length (little padding to remove): their ratio is printed beside it.
-    for name, examples in (("_base_mix", mix), ("_cpt_docs", docs)):
-        tp = train_throughput(cfg, tok, examples, n_steps=args.train_steps)
+    # similar length (little padding to remove): their ratio is printed beside it. Each with the
+    # batch size of the stage that trains on it (base 32, CPT 16 in the cpu profile).
+    for name, examples, stage in (("_base_mix", mix, "base"), ("_cpt_docs", docs, "cpt")):
+        tp = train_throughput(cfg, tok, examples, stage=stage, n_steps=args.train_steps)
         hf = tp["tokens_per_s"]["hf_trainer"]
         if name == "_base_mix":
             figures["train_tokens_per_s_over_hf_trainer"] = tp["tokens_per_s"][MODE] / hf

@@ -148,7 +148,9 @@ def base_model(profile: str, cfg: dict, ds, tok, log=print):
         model = AutoModelForCausalLM.from_pretrained(str(path))
         return model, json.loads((path / "record.json").read_text())
     t0 = time.time()
-    seed = cfg["data"]["seed"]
+    # base.seed draws another base model on the same data (initialisation and batch order); by
+    # default the data seed, as before the key existed (so old base models keep their hash).
+    seed = cfg["base"].get("seed", cfg["data"]["seed"])
     base_people = ds.filter(lambda r: r["split"] == "base")
     n_qa = int(round(cfg["base"]["qa_frac"] * len(base_people)))
     qa_people, heldout_people = base_people.select(range(n_qa)), base_people.select(range(n_qa, len(base_people)))

@@ -91,3 +91,26 @@ def test_bf16_training_runs(tiny_cfg):
     hist = train.train(model, ex, {**tiny_cfg["cpt"], "max_steps": 2, "optimizer": "sam", "mixed_precision": "bf16"}, seed=0,
                        pad_id=tok.pad_token_id)
     assert len(hist["loss"]) == 2 and all(l == l for l in hist["loss"])
+
+
+def test_base_seed_draws_another_base_model(tiny_cfg, monkeypatch):
+    """base.seed changes the base model's initialisation and batch order (and its cache key);
+    without it the data seed is used and the key is what it was before the key existed."""
+    ds, tok, _ = experiment.prepare_data("toy", tiny_cfg)
+    assert experiment.base_spec(tiny_cfg)["base"] == tiny_cfg["base"]
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(model, examples, cfg, *, seed, **kw):
+        seen.append(seed)
+        raise Stop
+    monkeypatch.setattr(experiment, "train", fake_train)
+    for base_seed in (None, 7):
+        cfg = tiny_cfg if base_seed is None else {**tiny_cfg, "base": {**tiny_cfg["base"], "seed": base_seed}}
+        with pytest.raises(Stop):
+            experiment.base_model("toy", cfg, ds, tok, log=lambda *a: None)
+    assert seen == [tiny_cfg["data"]["seed"], 7]
+    seeded = {**tiny_cfg, "base": {**tiny_cfg["base"], "seed": 7}}
+    assert experiment.config_hash(experiment.base_spec(seeded)) != experiment.config_hash(experiment.base_spec(tiny_cfg))
