@@ -6,6 +6,7 @@ the same columns. Verdict: `supported` (CI above 0), `contradicted` (CI below 0)
 (CI contains 0, or fewer than 2 paired seeds).
 
     python -m kl_utils.claims --profile cpu     # rebuild the file and print it
+    python -m kl_utils.claims --across cpu cpu-base1   # the rows of several profiles side by side
 """
 from __future__ import annotations
 
@@ -258,10 +259,46 @@ def read(profile: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def read_csv(profile: str) -> list[dict]:
+    """The rows of results/<profile>/claims.csv as written (strings), [] when there is none."""
+    path = results_dir(profile) / "claims.csv"
+    return list(csv.DictReader(io.StringIO(path.read_text()))) if path.exists() else []
+
+
+def across(profiles: list[str]) -> list[dict]:
+    """Each claim row (claim, comparison, budget, metric) of several profiles side by side -- e.g.
+    the same protocol on different base models -- with `agree`: every profile that has the row
+    gives it the same verdict. Rows of the first profile first."""
+    table: dict[tuple, dict] = {}
+    for prof in profiles:
+        for r in read_csv(prof):
+            key = (r["claim"], r["comparison"], r["budget"], r["metric"])
+            row = table.setdefault(key, dict(zip(("claim", "comparison", "budget", "metric"), key)))
+            ci = f" [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]" if r["ci_low"] not in ("", "nan") else ""
+            row[prof] = f"{float(r['diff']):+.3f}{ci} {r['verdict']} (n={r['n_seeds']})"
+            row.setdefault("_verdicts", set()).add(r["verdict"])
+    out = []
+    for row in table.values():
+        verdicts = row.pop("_verdicts")
+        out.append({**row, **{p: row.get(p, "") for p in profiles}, "agree": len(verdicts) == 1})
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=None)
+    ap.add_argument("--across", nargs="+", metavar="PROFILE",
+                    help="print the claims.csv rows of these profiles side by side (reads, rebuilds nothing)")
     args = ap.parse_args(argv)
+    if args.across:
+        rows = across(args.across)
+        for r in rows:
+            if sum(bool(r[p]) for p in args.across) >= min(2, len(args.across)):  # rows shared by two or more
+                print(f"{r['claim']} {r['comparison']} [{r['budget']}, {r['metric']}]"
+                      f"{'' if r['agree'] else '   <-- verdicts differ'}")
+                for p in args.across:
+                    print(f"    {p:<14}{r[p] or '-'}")
+        return
     profile, cfg = load_config(args.profile)
     path = write(profile, cfg)
     print(path.read_text())

@@ -90,3 +90,20 @@ def test_control_rows_equal_steps_and_compute_and_arm_filter(profile):
         _write(profile, "baseline@lrx2.0", s, 0.1, valid=0.99)
         _write(profile, "sam@lrx2.0", s, 0.1, valid=0.99)
     assert any(r["arm_a"] == "baseline@lrx2.0" for r in claims.rows_of_arms(claims.build(profile), {"baseline", "sam"}))
+
+
+def test_claims_across_profiles_side_by_side(profile, capsys):
+    """The same comparison on two 'base models': a verdict that flips is flagged."""
+    for s, (b, f, sam) in enumerate([(0.20, 0.18, 0.19), (0.22, 0.19, 0.25), (0.21, 0.17, 0.20)]):
+        _write("other", "baseline", s, b)
+        _write("other", "format_steps", s, f)
+        _write("other", "sam", s, sam)
+    claims.write(profile)
+    claims.write("other")
+    rows = {(r["claim"], r["budget"]): r for r in claims.across([profile, "other"])}
+    c3 = rows[("C3", "steps")]
+    assert "supported" in c3[profile] and "contradicted" in c3["other"] and not c3["agree"]
+    assert c3[profile].startswith("+0.103 [") and "(n=3)" in c3[profile]
+    assert claims.across(["nothing-here"]) == []
+    claims.main(["--across", profile, "other"])
+    assert "verdicts differ" in capsys.readouterr().out
