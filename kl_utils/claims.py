@@ -265,6 +265,23 @@ def read_csv(profile: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text()))) if path.exists() else []
 
 
+def across_long(profiles: list[str], metric: str = "test_em") -> list[dict]:
+    """The claim rows on `metric` that two or more of `profiles` have, one dict per (row, profile) with
+    numbers: claim, comparison, budget, profile, diff, ci_low, ci_high, verdict, n_seeds."""
+    rows, count = [], {}
+    for prof in profiles:
+        for r in read_csv(prof):
+            if r["metric"] != metric or "" in (r["diff"], r["ci_low"], r["ci_high"]) or r["ci_low"] == "nan":
+                continue
+            key = (r["claim"], r["comparison"], r["budget"])
+            count[key] = count.get(key, 0) + 1
+            rows.append({"claim": key[0], "comparison": key[1], "budget": key[2], "profile": prof,
+                         "diff": float(r["diff"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]),
+                         "verdict": r["verdict"], "n_seeds": int(r["n_seeds"])})
+    need = min(2, len(profiles))
+    return [r for r in rows if count[(r["claim"], r["comparison"], r["budget"])] >= need]
+
+
 def across(profiles: list[str]) -> list[dict]:
     """Each claim row (claim, comparison, budget, metric) of several profiles side by side -- e.g.
     the same protocol on different base models -- with `agree`: every profile that has the row
@@ -274,8 +291,10 @@ def across(profiles: list[str]) -> list[dict]:
         for r in read_csv(prof):
             key = (r["claim"], r["comparison"], r["budget"], r["metric"])
             row = table.setdefault(key, dict(zip(("claim", "comparison", "budget", "metric"), key)))
-            ci = f" [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]" if r["ci_low"] not in ("", "nan") else ""
-            row[prof] = f"{float(r['diff']):+.3f}{ci} {r['verdict']} (n={r['n_seeds']})"
+            ci = f" [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]" if "" not in (r["ci_low"], r["ci_high"]) \
+                and r["ci_low"] != "nan" else ""
+            diff = f"{float(r['diff']):+.3f}" if r["diff"] not in ("", "nan") else "n/a"
+            row[prof] = f"{diff}{ci} {r['verdict']} (n={r['n_seeds']})"
             row.setdefault("_verdicts", set()).add(r["verdict"])
     out = []
     for row in table.values():

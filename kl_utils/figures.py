@@ -254,3 +254,28 @@ def it_side_figure(df: pd.DataFrame, arms: list[str] | None = None,
     g.set_ylabels("")
     g.figure.suptitle(title, y=1.04)
     return g.figure
+
+
+def across_figure(long: pd.DataFrame):
+    """One row per claim comparison (b - a, held-out EM), one marker with its 95% CI per profile
+    (e.g. per base model): do the verdicts hold across them? None when there is nothing to draw."""
+    if not len(long):
+        return None
+    matched = {"epochs": "epoch-matched", "steps": "step-matched"}
+    labels = [f"{c} {cmp} ({matched.get(b, b)})" for c, cmp, b in zip(long.claim, long.comparison, long.budget)]
+    long = long.assign(label=labels)
+    order = list(dict.fromkeys(labels))
+    profiles = list(dict.fromkeys(long.profile))
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(order) + 1.2))
+    for i, prof in enumerate(profiles):
+        sub = long[long.profile == prof]
+        y = [order.index(lbl) + (i - (len(profiles) - 1) / 2) * 0.22 for lbl in sub.label]
+        ax.errorbar(sub["diff"], y, xerr=[sub["diff"] - sub.ci_low, sub.ci_high - sub["diff"]], fmt="o",
+                    capsize=3, label=prof, color=f"C{i}")
+    ax.axvline(0, color="gray", ls="--")
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    ax.set(xlabel="held-out EM difference b - a (mean over seeds, 95% CI)", title="the same comparisons on each profile")
+    ax.legend(title="profile", loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig

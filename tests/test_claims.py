@@ -107,3 +107,31 @@ def test_claims_across_profiles_side_by_side(profile, capsys):
     assert claims.across(["nothing-here"]) == []
     claims.main(["--across", profile, "other"])
     assert "verdicts differ" in capsys.readouterr().out
+
+
+def test_across_long_keeps_rows_shared_by_two_profiles(profile):
+    for s, (b, f) in enumerate([(0.20, 0.18), (0.22, 0.19), (0.21, 0.17)]):
+        _write("other", "baseline", s, b)
+        _write("other", "format_steps", s, f)
+    claims.write(profile)
+    claims.write("other")
+    long = claims.across_long([profile, "other"])
+    assert {(r["claim"], r["budget"]) for r in long} == {("C3", "steps")}  # sam: only in `profile`
+    by = {r["profile"]: r for r in long}
+    assert by[profile]["verdict"] == "supported" and by["other"]["verdict"] == "contradicted"
+    assert by["other"]["ci_low"] < by["other"]["diff"] < by["other"]["ci_high"] < 0
+    import pandas as pd
+    from kl_utils import figures
+    fig = figures.across_figure(pd.DataFrame(long))
+    assert fig is not None and figures.across_figure(pd.DataFrame()) is None
+
+
+def test_across_tolerates_rows_without_a_difference(monkeypatch, tmp_path):
+    """Rows with too few runs carry empty diff / CI cells in claims.csv: shown as n/a, left out of the figure."""
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "claims.csv").write_text(
+        "claim,comparison,budget,metric,mean_a,mean_b,diff,ci_low,ci_high,n_seeds,verdict,arm_a,arm_b,run_ids\n"
+        "C1,corr,arms,pearson r,0.0,0.0,,,,2,inconclusive,,,\n")
+    assert claims.across(["p"])[0]["p"] == "n/a inconclusive (n=2)"
+    assert claims.across_long(["p"], metric="pearson r") == []
