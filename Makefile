@@ -16,7 +16,7 @@ help:
 	@echo "make reproduce [PROFILE=$(PROFILES)]   run every notebook in order (default: cpu)"
 	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
 	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
-	@echo "make bench                              speed benchmarks (ratios measured side by side, ~10 min)"
+	@echo "make bench                              speed benchmarks (ratios measured side by side, ~12 min)"
 	@echo "make controls                           the control grids of cpu-full that notebook 06 reads (~3 h)"
 
 env: $(STAMP)
@@ -61,7 +61,7 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --MappingKernelManager.default_kernel_name=$(KERNEL)
 
-# Every figure of the speed issue, end to end included (~10 min; BENCH_ARGS= for the ratios alone).
+# Every figure of the speed issue, end to end included (~12 min; BENCH_ARGS= for the ratios alone).
 BENCH_ARGS ?= --end-to-end
 bench: $(STAMP)
 	TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 $(PY) -m kl_utils.bench $(BENCH_ARGS)

@@ -32,6 +32,7 @@ import torch
 
 from kl_utils import batching, bench_sam, data, evaluate
 from kl_utils import train as train_mod
+from kl_utils.config import IMPLEMENTATION_DEFAULTS
 from kl_utils.paths import ROOT, results_dir
 from kl_utils.records import atomic_write_json, environment
 
@@ -46,9 +47,9 @@ TARGETS = {"sam_over_adamw": ("<=", 2.05), "efficient_sam_over_adamw": ("<=", 1.
 # "bucket" is faster still but changes batch composition, and that changes what is learned: a base
 # model trained with it reached 0.537 held-out base QA instead of 0.952 (profiles/cpu-bucket.yaml),
 # so it is reported beside, not as the headline.
-VARIANTS = {"pad": {"batching": "pad", "logits": "all", "fused": False},
-            "bucket": {"batching": "bucket", "logits": "all", "fused": False},
-            "pack": {"batching": "pack", "logits": "all", "fused": False},
+VARIANTS = {"pad": dict(IMPLEMENTATION_DEFAULTS),
+            "bucket": {**IMPLEMENTATION_DEFAULTS, "batching": "bucket"},
+            "pack": {**IMPLEMENTATION_DEFAULTS, "batching": "pack"},
             "fast": {"batching": "pack", "logits": "labelled", "fused": True}}
 MODE = "fast"
 TRAIN_STEPS = 32  # timed updates per training-throughput run (12 was too noisy)
@@ -354,15 +355,15 @@ IMPLEMENTATION_CHECKS = {"CPT + IT only (same base model)": ("cpu", "runs-v1", "
                          "whole pipeline (its own base model)": ("cpu", "runs-v1", "cpu", "runs")}
 
 
-def _em_by_arm_seed(folder: Path, metric: str) -> dict:
-    out = {}
-    for path in sorted(folder.glob("*.json")):
-        rec = json.loads(path.read_text())
-        if rec.get("kind") == "arm":
-            out.setdefault(rec["arm"], {})[rec["seed"]] = rec["metrics"][metric]
-        elif rec.get("kind") == "base":
-            out.setdefault("base model (held-out base QA)", {})[rec["seed"]] = rec["metrics"]["base_heldout_qa_em"]
-    return out
+def _em_by_arm_seed(profile: str, folder: str, metric: str) -> dict:
+    """{arm: {seed: metric}} of the arm records in results/<profile>/<folder>, plus the base model's
+    held-out base QA."""
+    from kl_utils.records import load_run_records
+    from kl_utils.summary import by_arm
+    recs = load_run_records(profile, folder=folder)
+    out = by_arm([r for r in recs if r.get("kind") == "arm"], metric)
+    base = {r["seed"]: r["metrics"]["base_heldout_qa_em"] for r in recs if r.get("kind") == "base"}
+    return {**out, **({"base model (held-out base QA)": base} if base else {})}
 
 
 def implementation_check(previous: tuple[str, str] = ("cpu", "runs-v1"), current: tuple[str, str] = ("cpu", "runs"),
@@ -372,8 +373,7 @@ def implementation_check(previous: tuple[str, str] = ("cpu", "runs-v1"), current
     a pair differs only in what the two folders' configs compute differently (here: float rounding,
     which training amplifies into a different run). Differences whose CI contains 0 are seed noise."""
     from kl_utils.stats import mean_ci, paired_diff_ci
-    old = _em_by_arm_seed(results_dir(previous[0]) / previous[1], metric)
-    new = _em_by_arm_seed(results_dir(current[0]) / current[1], metric)
+    old, new = _em_by_arm_seed(*previous, metric), _em_by_arm_seed(*current, metric)
     rows = {}
     for arm in sorted(set(old) & set(new)):
         seeds = set(old[arm]) & set(new[arm])

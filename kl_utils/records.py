@@ -86,10 +86,11 @@ def write_run_record(profile: str, run_id: str, *, kind: str, config: dict, seed
     return path
 
 
-def load_run_records(profile: str, kind: str | None = None) -> list[dict]:
-    """All records of a profile (optionally of one kind), sorted by run id."""
+def load_run_records(profile: str, kind: str | None = None, folder: str = "runs") -> list[dict]:
+    """All records of a profile (optionally of one kind), sorted by run id; `folder`: another
+    folder of records under results/<profile> (e.g. runs-v1, records of a superseded config)."""
     records = []
-    for path in sorted(runs_dir(profile).glob("*.json")):
+    for path in sorted((runs_dir(profile).parent / folder).glob("*.json")):
         with open(path) as f:
             rec = json.load(f)
         if kind is None or rec.get("kind") == kind:
