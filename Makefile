@@ -8,12 +8,12 @@ KERNEL   := kl-study
 STAMP    := $(VENV)/.installed-stamp
 PROFILES := $(basename $(notdir $(wildcard profiles/*.yaml)))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-SCRATCH  := results/$(PROFILE)/scratch
 
-.PHONY: env reproduce test unit nbval lab bench controls clean-env check-profile help
+.PHONY: env reproduce figures test unit nbval lab bench controls clean-env check-profile help
 
 help:
-	@echo "make reproduce [PROFILE=$(PROFILES)]   run every notebook in order (default: cpu)"
+	@echo "make reproduce [PROFILE=$(PROFILES)]   recompute every run from scratch, redraw, compare with the committed records (cpu: ~35 min)"
+	@echo "make figures [PROFILE=...]             redraw every figure, table and report from the committed records (no training)"
 	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
 	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
 	@echo "make bench                              speed benchmarks (ratios measured side by side, ~12 min)"
@@ -21,9 +21,10 @@ help:
 
 env: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (kl-study)" >/dev/null
 	@touch $(STAMP)
@@ -32,20 +33,16 @@ check-profile:
 	@if [ ! -f profiles/$(PROFILE).yaml ]; then \
 	  echo "error: unknown profile '$(PROFILE)'; valid profiles: $(PROFILES)" >&2; exit 2; fi
 
-# Executed notebooks go to a scratch folder; they replace the committed ones only when the
-# whole sequence succeeded and the profile is cpu (the committed notebooks show cpu outputs).
+# reproduce: every run trained from scratch in results/$(PROFILE)/reproduction/, every notebook run on
+# the new records, then compared with the committed ones (results/$(PROFILE)/REPRODUCTION.md).
+# PUBLISH=1 replaces the committed results (PUBLISH_DIRTY=1: even from uncommitted code); FRESH=1
+# starts over instead of resuming an interrupted reproduction.
 reproduce: check-profile $(STAMP)
-	@rm -rf $(SCRATCH) && mkdir -p $(SCRATCH)
-	@$(PY) -m kl_utils.config resolve $(PROFILE) > $(SCRATCH)/parameters.yaml
-	@set -e; for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb (profile $(PROFILE))"; start=$$(date +%s); \
-	  TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 KL_PROFILE=$(PROFILE) \
-	  $(VENV)/bin/papermill "$$nb" "$(SCRATCH)/$$(basename $$nb)" \
-	    -f $(SCRATCH)/parameters.yaml -k $(KERNEL) --cwd notebooks --log-output --log-level WARNING; \
-	  echo "$$(basename $$nb) $$(( $$(date +%s) - start ))" >> $(SCRATCH)/times.txt; \
-	done; $(PY) -m kl_utils.notebooks timing $(PROFILE) $(SCRATCH)/times.txt
-	@$(PY) -m kl_utils.report --profile $(PROFILE)   # the report again, now with the end-to-end wall time
-	@if [ "$(PROFILE)" = cpu ]; then $(PY) -m kl_utils.notebooks publish $(SCRATCH) notebooks; fi
+	$(PY) -m kl_utils.reproduce --profile $(PROFILE) $(if $(PUBLISH),--publish) $(if $(PUBLISH_DIRTY),--allow-dirty) $(if $(FRESH),--fresh)
+
+# figures: every figure, table, claims.csv and REPORT.md redrawn from the committed records; trains nothing.
+figures: check-profile $(STAMP)
+	$(PY) -m kl_utils.reproduce --profile $(PROFILE) --redraw
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests

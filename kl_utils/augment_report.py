@@ -15,6 +15,7 @@ import html
 import json
 import re
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -277,3 +278,40 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# Records of notebook 03 (read back when committed, computed otherwise)
+
+BIO_CORPUS = "synthetic bioS (CPT documents)"
+
+
+def stats_record(profile: str, cfg: dict, ds, tokenizer, wiki_records: Sequence, wiki_label: str) -> dict:
+    """The `augment-stats` record: length and variety statistics of the formatting families on the
+    profile's CPT biographies and on the real documents."""
+    from kl_utils import bios, records
+    seed = cfg["augment_audit"]["seed"]
+
+    def compute():
+        new = ds.filter(lambda r: r["population"] == "new")
+        bio_records = [(r["bios"][0], [r["name"]] + [r[a] for a in bios.ATTRIBUTES]) for r in new]
+        return {"corpora": {BIO_CORPUS: length_stats(bio_records, tokenizer, seed),
+                            wiki_label: length_stats(wiki_records, tokenizer, seed)},
+                "variety_fixed_text_200_seeds": family_variety(FIXED_TEXT, tokenizer, 200, FIXED_FACTS)}, None
+    return records.reuse_or_write(profile, "augment-stats", kind="augment_stats", seed=seed, compute=compute,
+                                  config={"augment_audit": cfg["augment_audit"], "data": cfg["data"], "wiki": wiki_label})
+
+
+def audit_record(profile: str, aa: dict, wiki_records: Sequence, wiki_label: str, wiki_source: str) -> dict:
+    """The `augment-audit` record (audit_rows of the profile's augment_audit settings)."""
+    from kl_utils import records
+    config = {**aa, "wiki": wiki_label, "wiki_source": wiki_source}
+    rec = records.existing_record(profile, "augment-audit", kind="augment_audit")
+    if rec is not None and {k: v for k, v in rec["config"].items() if k != "methods"} == records.as_stored(config):
+        return rec
+    t0 = time.time()
+    rows = audit_rows(aa["n_synthetic"], aa["k"], aa["seed"], wiki_records, wiki_label)
+    path = records.write_run_record(profile, "augment-audit", kind="augment_audit", seed=aa["seed"],
+                                    config={**config, "methods": sorted({r["method"] for r in rows})},
+                                    metrics={"rows": rows}, wall_time_s=time.time() - t0)
+    return json.loads(path.read_text())

@@ -133,3 +133,21 @@ def encode_prompts(examples: list[dict], tokenizer) -> list[list[int]]:
     return [[tokenizer.bos_token_id] + tokenizer(QA_PROMPT.format(**ex), add_special_tokens=False)["input_ids"]
             for ex in examples]
 from kl_utils.documents import load_documents  # noqa: E402
+
+
+def statistics(ds: datasets.Dataset, tokenizer) -> dict:
+    """What notebook 01 shows of a profile's data: people per split, vocabulary, distinct values per
+    attribute, token lengths of biographies, held-out paraphrases and QA pairs (with histograms)."""
+    import collections
+    lengths = collections.defaultdict(list)
+    for r in ds:
+        kind = "base" if r["split"] == "base" else "new"
+        lengths[f"{kind} biography"] += [len(tokenizer(b)["input_ids"]) for b in r["bios"][:1]]
+        lengths["held-out paraphrase"].append(len(tokenizer(r["heldout_bio"])["input_ids"]))
+        for qa in r["qa"]:
+            lengths["QA pair"].append(len(encode_qa([qa], tokenizer)[0]["input_ids"]))
+    splits = collections.Counter(ds["split"])
+    return {"people_per_split": {k: splits[k] for k in ("base", "train", "valid", "test") if k in splits},
+            "vocab_size": len(tokenizer), "distinct_values": {a: len(set(ds[a])) for a in bios.ATTRIBUTES},
+            "token_lengths": {k: {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "n": len(v)} for k, v in lengths.items()},
+            "length_histograms": {k: dict(collections.Counter(v)) for k, v in lengths.items()}}

@@ -65,6 +65,9 @@ def run(profile: str, cfg: dict, ds, tok, *, paraphrases: int, seed: int, log=pr
     spec = canonical_spec({"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "cpt": cfg["cpt"],
                            "it": cfg["it"], "eval": cfg["eval"], "analysis": an, "paraphrases": n})
     run_id = f"diversity-n{n}-s{seed}-{config_hash(spec)}"
+    done = records.existing_record(profile, run_id, kind="diversity", config=spec)
+    if done is not None:  # committed or already run: redraw from it (a fresh results tree recomputes)
+        return done
     t0 = time.time()
     people = select_people(ds, an["n_train_people"], an["n_test_people"])
     model, _ = experiment.initial_model(profile, cfg, ds, tok, seed, log=log)

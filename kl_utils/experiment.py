@@ -20,6 +20,8 @@ from kl_utils import bios, data, evaluate, records
 from kl_utils.config import canonical_spec, config_hash
 from kl_utils.model import build_model, n_parameters
 from kl_utils.paths import cache_dir, data_dir
+from kl_utils.pretrained import provenance as pretrained_provenance
+from kl_utils.pretrained import resolve as resolve_pretrained
 from kl_utils.tokenizer import build_word_tokenizer, load_tokenizer
 from kl_utils.train import get_accelerator, set_seed, train
 
@@ -72,7 +74,7 @@ def make_tokenizer(cfg: dict):
     pretrained = cfg["model"].get("pretrained")
     if not pretrained:
         return build_word_tokenizer(vocabulary_texts())
-    tok = load_tokenizer(pretrained)
+    tok = load_tokenizer(resolve_pretrained(pretrained))
     if tok.bos_token is None:
         # The encoders prepend BOS; Qwen2 has none. Its end-of-text token is the document
         # separator it was pre-trained with, so it serves as BOS too.
@@ -88,7 +90,7 @@ def initial_model(profile: str, cfg: dict, ds, tok, seed: int, log=print):
     pretrained = cfg["model"].get("pretrained")
     if pretrained:
         from kl_utils.model import load_model
-        model = load_model(pretrained, dtype=getattr(torch, cfg["model"].get("dtype", "float32")))
+        model = load_model(resolve_pretrained(pretrained), dtype=getattr(torch, cfg["model"].get("dtype", "float32")))
         n_embed = model.get_input_embeddings().weight.shape[0]
         if len(tok) > n_embed:
             raise ValueError(f"{pretrained}: tokenizer has {len(tok)} tokens, the model's embedding {n_embed}")
@@ -118,8 +120,38 @@ def _history_summary(history: dict, every: int = 1) -> dict:
 def _eval(model, tok, ds, split, cfg) -> dict:
     res = evaluate.evaluate_qa(model, tok, data.qa_examples(ds, split), batch_size=cfg["eval"]["batch_size"],
                                max_new_tokens=cfg["eval"]["max_new_tokens"], decoder=cfg["eval"].get("decoder", "kv"))
-    res.pop("predictions")
+    res["hits"] = [int(evaluate.exact_match(p, evaluate.as_decoded(tok, ex["answer"])))
+                   for p, ex in zip(res.pop("predictions"), data.qa_examples(ds, split))]
     return res
+
+
+def _probe_after_cpt(model, tok, ds, cfg) -> dict:
+    """The C1 probe on the model after CPT (the first analysis.probe_people test people): per fact,
+    predicted in the training biography / in a held-out-template paraphrase; QA hits are added after IT."""
+    from kl_utils import probe
+    test = ds.filter(lambda r: r["split"] == "test")
+    test = test.select(range(min(cfg["analysis"]["probe_people"], len(test))))
+    res = probe.probe(model, tok, test, cfg["data"]["n_train_templates"], cfg["analysis"].get("probe_batch_size", 64))
+    flags = probe.fact_flags(res["facts"], "test")
+    keys = [[r["person_id"], q["attribute"]] for r in test for q in r["qa"]]
+    return {"keys": keys, "summary": {**probe.summarize(res["facts"]), **res["tokens"]},
+            "facts": {"heldout": [flags[tuple(k)]["heldout"] for k in keys], "train": [flags[tuple(k)]["train"] for k in keys]}}
+
+
+def _hits_of(keys: list, ds, hits: list[int]) -> list[int]:
+    """The QA hits (in data.qa_examples order of the test split) of the (person_id, attribute) keys."""
+    pid = {r["name"]: r["person_id"] for r in ds if r["split"] == "test"}
+    by_key = {(pid[ex["name"]], ex["attribute"]): h for ex, h in zip(data.qa_examples(ds, "test"), hits)}
+    return [by_key[tuple(k)] for k in keys]
+
+
+def seed_config(cfg: dict, seed: int) -> dict:
+    """The config of one seed's run. With `data.draw_per_seed`, each seed is also its own data draw
+    (new people from data.seed + seed): the unit of replication is then the data draw, not only the
+    CPT seed (a pretrained model has no base-model draw to vary)."""
+    if not cfg["data"].get("draw_per_seed"):
+        return cfg
+    return {**cfg, "data": {**cfg["data"], "seed": cfg["data"]["seed"] + seed}}
 
 
 # The data settings the base model depends on. People are generated base population first, from
@@ -132,6 +164,17 @@ BASE_DATA_KEYS = ("seed", "n_base", "n_train_templates", "base_paraphrases", "pe
 def base_spec(cfg: dict) -> dict:
     return canonical_spec({"data": {k: cfg["data"].get(k) for k in BASE_DATA_KEYS}, "model": cfg["model"],
                            "base": cfg["base"]})
+
+
+def base_record(profile: str, cfg: dict, ds=None, tok=None, log=print) -> dict:
+    """The base model's run record: read back when it exists (a fresh clone has it, not the cached
+    model); otherwise the base model is trained (needs ds, tok) and its record returned."""
+    rec = records.existing_record(profile, f"base-{config_hash(base_spec(cfg))}", kind="base")
+    if rec is not None:
+        return rec
+    if ds is None:
+        ds, tok, _ = prepare_data(profile, cfg)
+    return base_model(profile, cfg, ds, tok, log=log)[1]
 
 
 def base_model(profile: str, cfg: dict, ds, tok, log=print):
@@ -288,6 +331,7 @@ def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
       first the train half's QA pairs mixed with their documents, then CPT on all documents).
     """
     from kl_utils.config import merge
+    cfg = seed_config(cfg, seed)
     arms = all_arms(cfg)
     if arm != "baseline" and arm not in arms:
         raise ValueError(f"unknown arm {arm!r}; defined: baseline, {', '.join(arms)}")
@@ -324,6 +368,9 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
     Writes and returns the run record. Resumable: each stage checkpoints to
     checkpoint_dir(profile, run_id) and a rerun after a crash continues from there."""
     arm_cfg, spec, run_id = arm_spec(cfg, arm, seed)
+    if cfg["data"].get("draw_per_seed"):  # this seed's own people (the caller's ds is the profile's draw)
+        cfg = seed_config(cfg, seed)
+        ds, tok, _ = prepare_data(profile, cfg)
     cpt_cfg, it_cfg = dict(arm_cfg["cpt"]), dict(arm_cfg["it"])
     if arm_cfg["budget"] == "steps":
         steps = baseline_steps(cfg, ds)
@@ -351,6 +398,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
     timing["cpt_s"] = time.time() - t
     t = time.time()
     metrics = {"test_em_before_it": _eval(model, tok, ds, "test", cfg)["em"]}
+    cpt_probe = _probe_after_cpt(model, tok, ds, cfg) if cfg.get("analysis", {}).get("probe_after_cpt") else None
     timing["eval_s"] = time.time() - t
     after_cpt = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -368,10 +416,15 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
         metrics[f"{split}_em"] = res["em"]
         metrics[f"{split}_f1"] = res["f1"]
         metrics[f"{split}_em_per_attribute"] = res["em_per_attribute"]
+        if split == "test" and cpt_probe is not None:
+            cpt_probe["facts"]["qa_em"] = _hits_of(cpt_probe["keys"], ds, res["hits"])
+            metrics.update({f"probe_{k}": v for k, v in cpt_probe["summary"].items()})
     timing["eval_s"] += time.time() - t
     main_process = get_accelerator().is_main_process  # under DDP one process writes models and record
-    if main_process:
+    if main_process and cfg.get("keep_models", True):
         _save_models(model, after_cpt, ckpt)
+    elif main_process:  # only the record stays (a pretrained model's checkpoints are ~1 GB a run)
+        shutil.rmtree(ckpt, ignore_errors=True)
     wall = time.time() - t0
     extra = {"arm": arm, "base_run_id": base_record["run_id"] if base_record else None,
              "n_cpt_documents": len(docs), "n_it_examples": len(it_encoded),
@@ -379,6 +432,10 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
              "timing": {k: round(v, 2) for k, v in timing.items()},
              "checkpoint": str(ckpt.relative_to(ckpt.parents[1])),
              "history": {k: _history_summary(h) for k, h in hist.items()}}
+    if pretrained_provenance(cfg):
+        extra["pretrained"] = pretrained_provenance(cfg)
+    if cpt_probe is not None:  # C1 per fact: {keys, heldout, train, qa_em} of the probed test people
+        extra["final_facts"] = {"keys": cpt_probe["keys"], **cpt_probe["facts"]}
     if main_process:
         records.write_run_record(profile, run_id, kind="arm", config=spec, seed=seed, metrics=metrics,
                                  wall_time_s=wall, extra=extra)

@@ -1,7 +1,6 @@
 """Notebook housekeeping for `make reproduce`.
 
     python -m kl_utils.notebooks publish SCRATCH_DIR notebooks/
-    python -m kl_utils.notebooks timing PROFILE TIMES_FILE
 
 copies the executed notebooks over the committed ones, without papermill's injected-parameters
 cell (so a notebook opened in JupyterLab runs with its own defaults, and nbval keeps running
@@ -32,18 +31,14 @@ def publish(scratch: Path, dest: Path) -> list[Path]:
     return written
 
 
-def write_timing(profile: str, times_file: Path) -> dict:
-    """results/<profile>/timing.json from the "<notebook> <seconds>" lines `make reproduce` wrote:
-    the end-to-end wall time of the whole sequence and of each notebook, with the commit."""
+def write_timing(profile: str, per: dict[str, int]) -> dict:
+    """results/<profile>/timing.json from the seconds per notebook of `make reproduce`: the
+    end-to-end wall time of the whole sequence and of each notebook, with the commit and machine."""
     from kl_utils.paths import results_dir
     from kl_utils.records import atomic_write_json, environment
-    per = {}
-    for line in Path(times_file).read_text().splitlines():
-        name, secs = line.rsplit(" ", 1)
-        per[name] = int(secs)
     env = environment()
-    out = {"profile": profile, "wall_time_s": sum(per.values()), "per_notebook_s": per,
-           "git_commit": env["git_commit"], "machine": {k: env[k] for k in ("platform", "cpu_count")}}
+    out = {"profile": profile, "wall_time_s": sum(per.values()), "per_notebook_s": dict(per),
+           "git_commit": env["git_commit"], "machine": {k: env[k] for k in ("platform", "cpu_count", "cpu")}}
     atomic_write_json(results_dir(profile) / "timing.json", out)
     return out
 
@@ -52,8 +47,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "publish":
         for path in publish(Path(sys.argv[2]), Path(sys.argv[3])):
             print(f"published {path}")
-    elif len(sys.argv) == 4 and sys.argv[1] == "timing":
-        t = write_timing(sys.argv[2], Path(sys.argv[3]))
-        print(f"reproduce ({t['profile']}): {t['wall_time_s']} s; per notebook: {t['per_notebook_s']}")
     else:
-        sys.exit("usage: python -m kl_utils.notebooks publish SCRATCH_DIR DEST_DIR | timing PROFILE TIMES_FILE")
+        sys.exit("usage: python -m kl_utils.notebooks publish SCRATCH_DIR DEST_DIR")

@@ -28,4 +28,5 @@ def cache_dir(profile: str) -> Path:
 
 
 def figures_dir(profile: str) -> Path:
-    return ROOT / "figures" / profile
+    """figures/<profile>; KL_FIGURES_ROOT moves the figures tree (a reproduction's fresh tree, tests)."""
+    return Path(os.environ.get("KL_FIGURES_ROOT") or ROOT / "figures") / profile

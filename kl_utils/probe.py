@@ -53,7 +53,10 @@ def encode_with_spans(tok, text: str, spans) -> tuple[list[int], list[list[int]]
     """BOS + tokens + EOS, and for each char span the indices (into that list) of its tokens."""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = [tok.bos_token_id] + enc["input_ids"] + [tok.eos_token_id]
-    positions = [[i + 1 for i, (a, b) in enumerate(enc["offset_mapping"]) if a >= s and b <= e and b > a]
+    # A byte-level BPE token carries the space before a word (" Paris" spans the space too): a token
+    # is a fact token when its text without leading whitespace lies inside the span.
+    starts = [a + len(text[a:b]) - len(text[a:b].lstrip()) for a, b in enc["offset_mapping"]]
+    positions = [[i + 1 for i, ((_, b), a) in enumerate(zip(enc["offset_mapping"], starts)) if a >= s and b <= e and b > a]
                  for s, e in spans]
     return ids, positions
 
@@ -174,6 +177,11 @@ def checkpoint_points(recs: list[dict]) -> list[dict]:
     return pts
 
 
+def probe_run_id(arm_record: dict, n_people: int) -> str:
+    from kl_utils.config import config_hash
+    return f"probe-{arm_record['run_id']}-{config_hash({'n_people': n_people})}"
+
+
 def probe_checkpoints(profile: str, cfg: dict, ds, tok, checkpoints, n_people: int, log=print) -> list[dict]:
     """C1 across the main experiments' arms: the probe on each run's model after CPT (the first
     n_people test people) next to the run's held-out QA EM. One record each (kind "probe_arm")."""
@@ -185,16 +193,20 @@ def probe_checkpoints(profile: str, cfg: dict, ds, tok, checkpoints, n_people: i
     test = test.select(range(min(n_people, len(test))))
     out = []
     for rec, path in checkpoints:
+        run_id = probe_run_id(rec, n_people)
+        done = records.existing_record(profile, run_id, kind="probe_arm", config={"n_people": n_people})
+        if done is not None:  # probed before (or committed)
+            out.append(done)
+            continue
         t0 = time.time()
         model = AutoModelForCausalLM.from_pretrained(str(path))
         res = probe(model, tok, test, cfg["data"]["n_train_templates"], cfg["analysis"]["probe_batch_size"])
         metrics = {**summarize(res["facts"]), **res["tokens"], "test_em": rec["metrics"]["test_em"]}
-        run_id = f"probe-{rec['run_id']}-{config_hash({'n_people': n_people})}"
         extra = {"arm": rec["arm"], "source_run_id": rec["run_id"]}
         records.write_run_record(profile, run_id, kind="probe_arm", config={"n_people": n_people}, seed=rec["seed"],
                                  metrics=metrics, wall_time_s=time.time() - t0, extra=extra)
         out.append({"run_id": run_id, "kind": "probe_arm", "seed": rec["seed"], "metrics": metrics, **extra})
-    log(f"probed {len(out)} checkpoints on {len(test)} test people")
+    log(f"probe records of {len(out)} runs on {len(test)} test people")
     return out
 
 

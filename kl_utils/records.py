@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -39,11 +40,33 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# ISA extensions that change which float kernels torch picks (and so the last bits of a result):
+# records name them, because training is bit-identical run to run on one CPU kind, not across kinds.
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the ISA flags of ISA_FLAGS it has (Linux /proc/cpuinfo; else what
+    platform knows)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
 def environment() -> dict:
     import torch
     return {"git_commit": git_commit(), "packages": package_versions(),
             "python": platform.python_version(), "platform": platform.platform(),
-            "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "cpu_count": os.cpu_count(), "cpu": cpu_info(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -84,6 +107,37 @@ def write_run_record(profile: str, run_id: str, *, kind: str, config: dict, seed
     path = runs_dir(profile) / f"{run_id}.json"
     atomic_write_json(path, record)
     return path
+
+
+def as_stored(obj):
+    """`obj` as it reads back from a record (JSON, with non-JSON values as strings)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def reuse_or_write(profile: str, run_id: str, *, kind: str, config: dict, seed: int, compute) -> dict:
+    """The record `run_id` of the profile when one exists with this kind and config; otherwise
+    `compute()` -> (metrics, extra or None) is run and its record written. Analyses whose records
+    are committed are thus redrawn without recomputing (`make figures`), and recomputed in a
+    fresh results tree (`make reproduce`)."""
+    done = existing_record(profile, run_id, kind=kind, config=config)
+    if done is not None:
+        return done
+    t0 = time.time()
+    metrics, extra = compute()
+    path = write_run_record(profile, run_id, kind=kind, config=config, seed=seed, metrics=metrics,
+                            wall_time_s=time.time() - t0, extra=extra)
+    return json.loads(path.read_text())
+
+
+def existing_record(profile: str, run_id: str, *, kind: str, config: dict | None = None) -> dict | None:
+    """The record `run_id` of the profile if it exists with this kind (and config, when given)."""
+    path = runs_dir(profile) / f"{run_id}.json"
+    if not path.exists():
+        return None
+    rec = json.loads(path.read_text())
+    if rec.get("kind") != kind or (config is not None and rec.get("config") != as_stored(config)):
+        return None
+    return rec
 
 
 def load_run_records(profile: str, kind: str | None = None, folder: str = "runs") -> list[dict]:

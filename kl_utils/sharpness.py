@@ -171,6 +171,36 @@ def arm_checkpoints(profile: str, arms=("baseline", "sam"), cfg: dict | None = N
     return out
 
 
+def checkpoint_sources(profile: str, cfg: dict, arms, kind: str, run_id_of) -> tuple[list[tuple[dict, Path]], list[str]]:
+    """For an analysis of CPT checkpoints (sharpness, the C1 probe): (the (arm record, checkpoint)
+    pairs to pass to it, the run ids it cannot cover). A run whose analysis record exists needs no
+    checkpoint (a fresh clone has records, not checkpoints: git ignores them); one with neither is
+    reported, not fatal."""
+    from kl_utils.claims import current_arm_records
+    sources, missing = [], []
+    for r in current_arm_records(profile, cfg):
+        if arms is not None and r.get("arm") not in arms:
+            continue
+        path = results_dir(profile) / "ckpt" / r["run_id"] / "after_cpt"
+        if (path / "config.json").exists() or records.existing_record(profile, run_id_of(r), kind=kind) is not None:
+            sources.append((r, path))
+        else:
+            missing.append(r["run_id"])
+    return sources, missing
+
+
+def missing_line(what: str, missing: list[str]) -> str:
+    """One line for the notebooks: which records could not be made here, and the command that makes them."""
+    return (f"{len(missing)} run(s) have no {what} record and no CPT checkpoint on disk (checkpoints are not in git): "
+            f"`make reproduce` recomputes them; shown without them: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+
+
+def sources(profile: str, cfg: dict, arms=("baseline", "sam")) -> tuple[list[tuple[dict, Path]], list[str]]:
+    """checkpoint_sources for the sharpness measurement of `arms`."""
+    sc = cfg["analysis"]["sharpness"]
+    return checkpoint_sources(profile, cfg, arms, "sharpness", lambda r: f"sharpness-{r['run_id']}-{config_hash(sc)}")
+
+
 def run(profile: str, cfg: dict, ds, tok, checkpoints, log=print) -> list[dict]:
     """Measure every checkpoint; writes one record each (kind "sharpness") and returns them."""
     from transformers import AutoModelForCausalLM
@@ -178,11 +208,15 @@ def run(profile: str, cfg: dict, ds, tok, checkpoints, log=print) -> list[dict]:
     batches = fixed_batches(tok, sharpness_docs(ds, sc["n_docs"]), sc["batch_size"])
     out = []
     for rec, path in checkpoints:
+        run_id = f"sharpness-{rec['run_id']}-{config_hash(sc)}"
+        done = records.existing_record(profile, run_id, kind="sharpness", config={"sharpness": sc})
+        if done is not None:  # measured before (or committed): nothing to recompute
+            out.append(done)
+            continue
         t0 = time.time()
         # eager attention: double backward through every op is supported there
         model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager")
         metrics = {**measure(model, batches, sc), "test_em": rec["metrics"]["test_em"]}
-        run_id = f"sharpness-{rec['run_id']}-{config_hash(sc)}"
         extra = {"arm": rec["arm"], "source_run_id": rec["run_id"]}
         records.write_run_record(profile, run_id, kind="sharpness", config={"sharpness": sc}, seed=rec["seed"],
                                  metrics=metrics, wall_time_s=time.time() - t0, extra=extra)

@@ -14,6 +14,7 @@ fused (false | true: torch's fused AdamW kernel instead of the foreach one).
 from __future__ import annotations
 
 import math
+import os
 import random
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,6 +27,12 @@ from kl_utils.batching import lazy_batches
 from kl_utils.batching import pad_collate as collate  # the right-padded batch, kept under its old name
 
 OPTIMIZERS = ("adamw", "sam")
+
+
+class TrainingForbidden(RuntimeError):
+    """Raised by `train` when KL_NO_TRAIN is set (the redraw path must only read records)."""
+
+
 LOGITS = ("all", "labelled")
 # Model types whose logits are exactly lm_head(final hidden state): no soft-capping or scaling,
 # so `logits: labelled` may apply the head to the labelled positions alone.
@@ -169,6 +176,9 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
     """
     if not examples:
         raise ValueError(f"{desc}: no training examples")
+    if os.environ.get("KL_NO_TRAIN"):  # `make figures`: a redraw that would train is a bug, not a slow path
+        raise TrainingForbidden(f"{desc}: training is switched off (KL_NO_TRAIN is set: redrawing from committed "
+                                "records); a record this needs is missing: `make reproduce` recomputes everything")
     set_seed(seed)
     accelerator = accelerator or get_accelerator()
     precision = cfg.get("mixed_precision", "no")

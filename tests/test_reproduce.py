@@ -1,0 +1,113 @@
+"""`make reproduce` (recompute in a fresh tree, then compare) and `make figures` (redraw only), on
+what a fresh clone has: committed-style records, no checkpoints, no caches, no data."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from kl_utils import compare, records, reproduce
+from kl_utils.train import TrainingForbidden, train
+
+
+def _rec(run_id, metrics, history=None, kind="arm"):
+    return {"run_id": run_id, "kind": kind, "metrics": metrics, **({"history": history} if history else {})}
+
+
+def test_flat_metrics_and_deviation():
+    flat = compare.flat_metrics({"a": 1, "b": {"c": [0.5, 2]}, "d": "x"})
+    assert flat == {"a": 1, "b.c.0": 0.5, "b.c.1": 2, "d": "x"}
+    same = compare.compare_records(_rec("r", {"em": 0.25, "per": {"x": 1}}, [1, 2]), _rec("r", {"em": 0.25, "per": {"x": 1}}, [1, 2]))
+    assert same["identical"] and same["max_deviation"] == 0 and same["history_equal"]
+    diff = compare.compare_records(_rec("r", {"em": 0.25, "f1": 0.5}), _rec("r", {"em": 0.3125, "f1": 0.5}))
+    assert not diff["identical"] and diff["metric"] == "em" and diff["max_deviation"] == pytest.approx(0.0625)
+    missing = compare.compare_records(_rec("r", {"em": 0.25}), _rec("r", {}))
+    assert not missing["identical"] and missing["metric"] == "em"
+    nan = compare.compare_records(_rec("r", {"x": float("nan")}), _rec("r", {"x": float("nan")}))
+    assert nan["identical"]
+    timed = compare.compare_records(_rec("r", {"rows": [{"seconds": 1.5, "v": 1}]}), _rec("r", {"rows": [{"seconds": 2.0, "v": 1}]}))
+    assert timed["identical"]  # a timing is not a result
+
+
+def _claims(path, verdict, diff):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["claim", "comparison", "budget", "metric", "diff", "ci_low", "ci_high", "verdict"])
+        w.writeheader()
+        w.writerow({"claim": "C3", "comparison": "format vs AdamW", "budget": "steps", "metric": "test EM",
+                    "diff": diff, "ci_low": diff - 0.05, "ci_high": diff + 0.05, "verdict": verdict})
+
+
+def test_compare_profile_reports_changes(tmp_path):
+    for side, em, verdict, diff in (("old", 0.5, "supported", 0.1), ("new", 0.5625, "inconclusive", 0.02)):
+        (tmp_path / side / "runs").mkdir(parents=True)
+        for rid, m in (("a", {"test_em": 0.25}), ("b", {"test_em": em})):
+            (tmp_path / side / "runs" / f"{rid}.json").write_text(json.dumps(_rec(rid, m)))
+        _claims(tmp_path / side / "claims.csv", verdict, diff)
+    (tmp_path / "old" / "runs" / "c.json").write_text(json.dumps(_rec("c", {})))
+    res = compare.compare_profile("p", tmp_path / "old", tmp_path / "new")
+    assert res["n_committed"] == 3 and set(res["pairs"]) == {"a", "b"} and res["not_reproduced"] == ["c"]
+    line = compare.summary_line(res)
+    assert line.startswith("reproduced 2 / 3 committed run records of p: 1 identical, 1 differ (largest deviation 0.0625")
+    assert "1 claim verdict(s) changed" in line
+    md = compare.markdown("p", res)
+    assert "supported +0.100" in md and "inconclusive +0.020" in md and "`c`" in md
+
+
+def test_reuse_or_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    calls = []
+    compute = lambda: (calls.append(1) or {"x": 1}, None)
+    a = records.reuse_or_write("p", "stats", kind="data", config={"n": (1, 2)}, seed=0, compute=compute)
+    b = records.reuse_or_write("p", "stats", kind="data", config={"n": (1, 2)}, seed=0, compute=compute)
+    assert a["metrics"] == b["metrics"] == {"x": 1} and len(calls) == 1  # the tuple is stored as a list: still equal
+    records.reuse_or_write("p", "stats", kind="data", config={"n": 3}, seed=0, compute=compute)
+    assert len(calls) == 2  # another config: recomputed
+    assert records.existing_record("p", "stats", kind="other") is None
+
+
+def test_no_train_guard(monkeypatch):
+    monkeypatch.setenv("KL_NO_TRAIN", "1")
+    with pytest.raises(TrainingForbidden, match="make reproduce"):
+        train(None, [{"input_ids": [1], "labels": [1]}], {}, seed=0, pad_id=0)
+
+
+def test_cpu_is_recorded():
+    cpu = records.environment()["cpu"]
+    assert cpu["model"] and isinstance(cpu["isa"], list)
+
+
+def _manifest_ids(figures_root):
+    return {p.parent.name: {k: v.get("run_ids") for k, v in json.loads(p.read_text()).items()}
+            for p in sorted(figures_root.glob("*/manifest.json"))}
+
+
+def test_fresh_clone_reproduce_and_redraw(tmp_path):
+    """The smoke profile through both paths, from what a clone holds. On the code before this test
+    existed, the redraw stopped in notebook 05 (no CPT checkpoints) and reproduce read the committed
+    records back instead of recomputing."""
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    first = reproduce.reproduce("smoke", results_root=results, figures_root=figures, publish_results=True,
+                                allow_dirty=True, log=lambda *a: None)
+    assert first["n_committed"] == 0 and first["n_fresh"] > 20  # nothing committed yet: all of it is new
+    committed = sorted(p.name for p in (results / "smoke" / "runs").glob("*.json"))
+    assert len(committed) == first["n_fresh"] and (results / "smoke" / "claims.csv").exists()
+    # A clone: records, claims, report and figures; no reproduction tree, no data, cache or checkpoints.
+    for part in ("reproduction", "data", "cache", "ckpt", "scratch"):
+        shutil.rmtree(results / "smoke" / part, ignore_errors=True)
+    claims_before = (results / "smoke" / "claims.csv").read_text()
+    manifests_before = _manifest_ids(figures)
+
+    reproduce.redraw("smoke", results_root=results, figures_root=figures, log=lambda *a: None)  # KL_NO_TRAIN inside
+    assert sorted(p.name for p in (results / "smoke" / "runs").glob("*.json")) == committed  # no record added
+    assert (results / "smoke" / "claims.csv").read_text() == claims_before
+    assert _manifest_ids(figures) == manifests_before
+    assert not (results / "smoke" / "ckpt").exists()  # nothing was trained
+
+    again = reproduce.reproduce("smoke", results_root=results, figures_root=figures, log=lambda *a: None)
+    assert len(again["pairs"]) == len(committed) and not again["not_reproduced"]
+    assert all(p["identical"] for p in again["pairs"].values()), compare.summary_line(again)
+    assert not again["claims"]["verdicts_changed"] and again["claims"]["max_diff_deviation"] == 0
+    report = (results / "smoke" / "REPRODUCTION.md").read_text()
+    assert f"reproduced {len(committed)} / {len(committed)} committed run records of smoke: identical" in report
