@@ -1,6 +1,8 @@
 """Real-document data: the generic JSONL format, its validation (errors name file, line and field),
 the wiki2023_bio and wiki2023_film converters, atomic output, and the rows run_arm trains on."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,88 @@ def test_full_wiki2023_bio_release(shared_dir):
     assert report["documents"] == len(records) and report["per_split"]["test"] >= 120
     assert report["train_copies_of_test_documents_dropped"] > 0  # the release's leak is repaired
     documents.check_collection(records, [("x", i + 1) for i in range(len(records))])
+
+
+INSTANCES = Path(__file__).parent / "data" / "instances_sample.json"
+
+
+def test_instances_layout_groups_questions_by_document(tmp_path, capsys):
+    """The instruction-tuning layout of the Wiki2023 releases: one instance per question, the
+    document repeated in each; converted to documents with their QA pairs, and reported."""
+    assert documents.main(["convert", str(INSTANCES), str(tmp_path / "out.jsonl")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "instances" and report["documents"] == 4 and report["qa_pairs"] == 10
+    assert report["instances"] == {"instances_read": 11, "documents_grouped": 4, "repeated_instances_dropped": 1,
+                                   "question_wrappers_stripped": 10, "titles_from_tag": 4}
+    assert report["answers_verbatim_in_document"] == {str(INSTANCES): {"answers": 10, "verbatim": 8, "fraction": 0.8}}
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    mara = records[0]
+    assert mara["title"] == "Mara Ellison" and mara["text"].startswith("<Mara Ellison  - Wikipedia> Mara Ellison")
+    assert [q["question"] for q in mara["qa"]][:2] == ["When was Mara Ellison born?", "What is Mara Ellison's nationality?"]
+    assert [q["answer"] for q in mara["qa"]] == ["March 4, 1994", "Canadian", "Her atlas of northern rivers"]
+    assert records[2]["title"] == "Ines Carvalho (chemist)"
+    # ids are stable: derived from the document, not from the order of the instances or the file
+    doc = json.loads(INSTANCES.read_text())
+    doc["instances"].reverse()
+    (tmp_path / "other_name.json").write_text(json.dumps(doc))
+    again, _ = documents.read_documents(tmp_path / "other_name.json")
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in records)
+    assert all(r["id"].startswith("doc-") for r in records)
+    # the tag's ID is the id when it has one (as in wiki2023_bio), and the file name gives the split
+    one = {"type": "text_only", "instances": [{"text": "Question: Who?\nAnswer:", "output": "C.",
+                                               "knowledge": "<C D - Wikipedia 12_3> C D is.", "task": "x"}]}
+    (tmp_path / "qa_test.json").write_text(json.dumps(one))
+    rec = documents.read_documents(tmp_path / "qa_test.json")[0][0]
+    assert (rec["id"], rec["title"], rec["split"], rec["qa"][0]["answer"]) == ("12_3", "C D", "test", "C")
+    assert documents.load_documents(INSTANCES).column_names == ["id", "title", "text", "qa", "split"]
+
+
+def test_instances_of_the_real_release_match_its_bio_items(shared_dir, tmp_path):
+    """wiki2023_bio's test items written in the instances layout (as the release ships its QA sets)
+    read back as the same documents and QA pairs as the items themselves."""
+    items = json.loads((shared_dir / "data" / "wiki2023_bio" / "test.json").read_text())
+    inst = [{"text": f"Question: {qa['text']}\nAnswer:", "output": " " + qa["output"].split("\nRef:")[0],
+             "knowledge": item["evidence_text"], "task": "instruction_following"}
+            for item in items for qa in item["qa_pairs"]]
+    (tmp_path / "bio_open_book_test.json").write_text(json.dumps({"type": "text_only", "instances": inst}, indent=2))
+    from_items, _ = documents.read_documents(shared_dir / "data" / "wiki2023_bio" / "test.json")
+    from_inst, report = documents.read_documents(tmp_path / "bio_open_book_test.json")
+    assert report["format"] == "instances" and report["per_split"]["test"] == len(from_inst)
+    assert report["instances"]["instances_read"] == len(inst) and report["instances"]["titles_from_tag"] == len(from_inst)
+    by_text = {r["text"]: r for r in from_items}
+    assert len(from_inst) == len(by_text)
+    for rec in from_inst:
+        twin = by_text[rec["text"]]
+        assert (rec["id"], rec["title"], rec["qa"]) == (twin["id"], twin["title"], twin["qa"])
+
+
+def test_film_answers_lose_trailing_punctuation_and_verbatim_answers_are_counted(tmp_path, capsys):
+    film_fixture(tmp_path / "film")
+    write_lines(tmp_path / "film" / "film_qa_test.jsonl",
+                [{"question": "Who directed Film Two?", "answer": "Bo Park.", "title": "Film Two"},
+                 {"question": "When was Film Two released?", "answer": "January 6, 2023.", "title": "Film Two"}])
+    assert documents.main(["validate", str(tmp_path / "film")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["answers_cleaned"] == 2
+    counts = report["answers_verbatim_in_document"]
+    assert counts[str(tmp_path / "film" / "film_qa_test.jsonl")] == {"answers": 2, "verbatim": 1, "fraction": 0.5}
+    assert counts[str(tmp_path / "film" / "film_qa_train.jsonl")] == {"answers": 1, "verbatim": 1, "fraction": 1.0}
+    records = documents.read_documents(tmp_path / "film")[0]
+    assert [q["answer"] for q in records[1]["qa"]] == ["Bo Park", "January 6, 2023"]
+    # an error in a QA file names that file and line, not the document's
+    write_lines(tmp_path / "film" / "film_qa_val.jsonl", [{"question": "When?", "answer": " ", "title": "Film Three"}])
+    with pytest.raises(DocumentFormatError, match=r"film_qa_val\.jsonl:1: field 'answer': is empty"):
+        documents.read_documents(tmp_path / "film")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_converted_file_follows_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        documents.convert(SAMPLE, tmp_path / "new.jsonl")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.jsonl").stat().st_mode) == mode
+    (tmp_path / "new.jsonl").chmod(0o640)  # an existing file keeps its own permissions
+    documents.convert(SAMPLE, tmp_path / "new.jsonl")
+    assert stat.S_IMODE((tmp_path / "new.jsonl").stat().st_mode) == 0o640
