@@ -120,7 +120,7 @@ def check_collection(records: list[dict], where: list) -> None:
             if squash(rec["text"]) in train_text:
                 f0, l0 = train_text[squash(rec["text"])]
                 raise DocumentFormatError(file, line, "text", f"{rec['split']} document also in train ({f0}:{l0})",
-                                          "held-out documents that are not trained on as train documents")
+                                          "valid and test documents that are not also train documents")
             for i, qa in enumerate(rec["qa"]):
                 if qa["question"] in train_question:
                     f0, l0 = train_question[qa["question"]]
