@@ -66,7 +66,8 @@ def wiki2023_bio_raw(parsed: Parsed, split: str | None, report: dict) -> list:
             if not isinstance(pair, dict):
                 raise DocumentFormatError(file, line, f"qa_pairs[{i}]", f"is {kind(pair)}",
                                           expected="{\"text\": question, \"output\": answer}")
-            _need(pair, ("text", "output"), file, line, f"qa_pairs[{i}].", why="{\"text\": question, \"output\": answer}")
+            _need(pair, ("text", "output"), file, line, f"qa_pairs[{i}].",
+                  why="{\"text\": question, \"output\": answer}")
             question = check_str(pair["text"], file, line, names["question"])
             answer = check_str(pair["output"], file, line, names["answer"])
             qa.append({"question": question, "answer": _clean(answer, report)})
@@ -88,6 +89,8 @@ def wiki2023_bio_raw(parsed: Parsed, split: str | None, report: dict) -> list:
 WIKI_TAG = re.compile(r"\A\s*<(?P<title>[^<>]*?)\s+-\s+Wikipedia(?:\s+(?P<id>[^<>\s]+))?\s*>")
 QA_WRAPPER = re.compile(r"\A\s*Question:\s*(?P<question>.*?)\s*Answer:\s*\Z", re.S)
 INSTANCE_FIELDS = ("text", "output", "knowledge")
+INSTANCE_STATS = ("instances_read", "documents_grouped", "repeated_instances_dropped", "question_wrappers_stripped",
+                  "titles_from_tag")
 
 
 def instances_raw(parsed: Parsed, split: str | None, report: dict) -> list:
@@ -100,16 +103,15 @@ def instances_raw(parsed: Parsed, split: str | None, report: dict) -> list:
     if not isinstance(parsed.top.get("instances"), list):
         raise DocumentFormatError(file, 1, "instances", f"is {kind(parsed.top.get('instances'))}",
                                   expected="a list of {\"text\", \"output\", \"knowledge\"} objects")
-    stats = report.setdefault("instances", {"instances_read": 0, "documents_grouped": 0, "repeated_instances_dropped": 0,
-                                            "question_wrappers_stripped": 0, "titles_from_tag": 0})
+    stats = report.setdefault("instances", dict.fromkeys(INSTANCE_STATS, 0))
     groups = {}
     for i, (line, inst) in enumerate(parsed.items):
         prefix = f"instances[{i}]"
         if not isinstance(inst, dict):
             raise DocumentFormatError(file, line, prefix, f"is {kind(inst)}",
-                                      expected="an object with text (question), output (answer), knowledge (document)")
+                                      expected="an object with text, output and knowledge")
         _need(inst, INSTANCE_FIELDS, file, line, prefix + ".",
-              why="text (question), output (answer) and knowledge (its document) in every instance")
+              why="the question in text, the answer in output and its document in knowledge, in every instance")
         names = {"question": f"{prefix}.text", "answer": f"{prefix}.output"}
         knowledge = check_str(inst["knowledge"], file, line, f"{prefix}.knowledge")
         text = check_str(inst["text"], file, line, names["question"])
@@ -218,7 +220,7 @@ def folder_files(path: Path) -> list[Path]:
                    and not p.name.startswith("."))
     if not files:
         raise DocumentFormatError(path, None, None, "is a folder without *.json or *.jsonl files",
-                                  expected="document files, or a wiki2023_film folder (*doc_all*.jsonl)")
+                                  expected="document files, or a wiki2023_film folder with *doc_all*.jsonl")
     return files
 
 
@@ -239,7 +241,7 @@ def read_local(path: Path, format: str, report: dict) -> tuple[list, str]:
         found = layout_of(parsed)
         if format == "auto" and layout is not None and found != layout:
             raise DocumentFormatError(file, None, None, f"is layout {found}, but {first.name} is layout {layout}",
-                                      expected="one layout in a folder")
+                                      expected="one layout in a folder", layout=layout)
         layout, first = layout or found, first or file
         if layout == "instances" and parsed.container != "instances":
             raise DocumentFormatError(file, None, None, "has no \"instances\" list", expected="{\"instances\": [...]}")

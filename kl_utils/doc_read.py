@@ -31,8 +31,8 @@ class DocumentFormatError(ValueError):
     def __str__(self):
         where = f"{self.file}:{self.line}" if self.line else self.file
         head = f"{where}: field {self.field!r}: " if self.field else f"{where}: "
-        notes = [f"expected {self.expected}" if self.expected else None, f"layout {self.layout}" if self.layout else None]
-        notes = "; ".join(n for n in notes if n)
+        notes = "; ".join(n for n in (self.expected and f"expected {self.expected}",
+                                       self.layout and f"layout {self.layout}") if n)
         text = head + self.problem + (f" ({notes})" if notes else "")
         return text.replace("\r", "\\r").replace("\n", "\\n")  # always one line
 
@@ -66,7 +66,8 @@ def kind(value) -> str:
     """'a string', 'an integer', 'null', ... for messages."""
     if value is None:
         return "null"
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "an object"}
     return names.get(type(value), type(value).__name__)
 
 
@@ -116,7 +117,7 @@ def read_text(path) -> str:
             raise DocumentFormatError(path, None, None, f"is {what}", expected=f"uncompressed {TEXT_EXPECTED}",
                                       layout=UNDETECTED)
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DocumentFormatError(path, None, None, "is UTF-16 encoded (it starts with a UTF-16 byte-order mark)",
+        raise DocumentFormatError(path, None, None, "is UTF-16 encoded: it starts with a UTF-16 byte-order mark",
                                   expected=f"{TEXT_EXPECTED}; re-save it as UTF-8", layout=UNDETECTED)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -189,8 +190,8 @@ class _Text:
         except _Reject as e:
             raise self.error(offset + pos, str(e), expected, layout) from None
         except RecursionError:
-            raise self.error(offset + pos, "is nested too deeply to read (lists or objects inside each other "
-                                           "more than about 1,000 levels)", expected, layout) from None
+            raise self.error(offset + pos, "is nested too deeply to read: lists or objects more than about "
+                                           "1,000 levels deep", expected, layout) from None
 
 
 LINES_EXPECTED = "JSON Lines: one document object per line"
@@ -215,7 +216,7 @@ def _lines(t: _Text) -> list:
             raise t.error(start + stop, f"has more after the JSON value at column {stop + 1}",
                           expected=LINES_EXPECTED, layout=layout)
         if not isinstance(value, dict):
-            raise t.error(start, f"is {kind(value)}", expected="a JSON object (one document)", layout=layout)
+            raise t.error(start, f"is {kind(value)}", expected="a JSON object: one document per line", layout=layout)
         items.append((number, value))
     return items
 
@@ -230,7 +231,7 @@ def _array(t: _Text, pos: int, what: str, objects: bool = True) -> tuple[list, i
         layout = _layout_hint(items) if objects else None
         value, end = t.decode(pos, expected=what, layout=layout)
         if objects and not isinstance(value, dict):
-            raise t.error(pos, f"is {kind(value)}", expected="a JSON object (one document) as each item of the list",
+            raise t.error(pos, f"is {kind(value)}", expected="a JSON object, one document, as each item of the list",
                           layout=layout)
         items.append((t.line(pos), value))
         pos = t.skip(end)
@@ -239,7 +240,8 @@ def _array(t: _Text, pos: int, what: str, objects: bool = True) -> tuple[list, i
                 return items, pos + 1
             pos = t.skip(pos + 1)
             continue
-        problem = "ends inside the JSON list" if pos >= n else f"is not valid JSON: expected ',' or ']' at column {t.col(pos)}"
+        problem = ("ends inside the JSON list" if pos >= n else
+                   f"is not valid JSON: expected ',' or ']' at column {t.col(pos)}")
         raise t.error(min(pos, n - 1), problem, expected=what, layout=layout)
 
 
@@ -293,11 +295,11 @@ def parse_file(path) -> Parsed:
         return Parsed(Path(path), "lines", _lines(t))
     if rest == len(t.text):
         raise t.error(start, f"is one JSON object spread over lines {t.line(start)}-{t.line(end - 1)}",
-                      expected=f"{LINES_EXPECTED} (`jq -c . FILE` writes it so), or an object with an "
+                      expected=f"{LINES_EXPECTED}, as `jq -c . FILE` writes it, or an object with an "
                                "\"instances\" list", layout=UNDETECTED)
     raise t.error(rest, "starts a second JSON object here, after one spread over lines "
                         f"{t.line(start)}-{t.line(end - 1)}",
-                  expected=f"{LINES_EXPECTED} (`jq -c . FILE` writes them so)", layout=UNDETECTED)
+                  expected=f"{LINES_EXPECTED}, as `jq -c . FILE` writes them", layout=UNDETECTED)
 
 
 def layout_of(parsed: Parsed) -> str:

@@ -101,14 +101,14 @@ def check_collection(records: list[dict], where: list) -> None:
     for rec, (file, line) in zip(records, where):
         if rec["id"] in first:
             f0, l0 = first[rec["id"]]
-            raise DocumentFormatError(file, line, "id", f"duplicate id {short(rec['id'])} (first at {f0}:{l0})",
+            raise DocumentFormatError(file, line, "id", f"duplicate id {short(rec['id'])}, first at {f0}:{l0}",
                                       "unique ids")
         first[rec["id"]] = (file, line)
     has_split = [rec["split"] is not None for rec in records]
     if any(has_split) and not all(has_split):
         file, line = next(w for w, h in zip(where, has_split) if not h)
         raise DocumentFormatError(file, line, "split", "missing here but present on other lines",
-                                  "give it on all or none")
+                                  "a split on every line or on none")
     train_text, train_question = {}, {}
     for rec, w in zip(records, where):
         if rec["split"] == "train":
@@ -119,13 +119,13 @@ def check_collection(records: list[dict], where: list) -> None:
         if rec["split"] in ("valid", "test"):
             if squash(rec["text"]) in train_text:
                 f0, l0 = train_text[squash(rec["text"])]
-                raise DocumentFormatError(file, line, "text", f"{rec['split']} document also in train ({f0}:{l0})",
+                raise DocumentFormatError(file, line, "text", f"{rec['split']} document also in train, at {f0}:{l0}",
                                           "valid and test documents that are not also train documents")
             for i, qa in enumerate(rec["qa"]):
                 if qa["question"] in train_question:
                     f0, l0 = train_question[qa["question"]]
                     raise DocumentFormatError(file, line, f"qa[{i}].question",
-                                              f"{rec['split']} question also asked in train ({f0}:{l0})",
+                                              f"{rec['split']} question also asked in train, at {f0}:{l0}",
                                               "held-out questions that are not in train")
 
 

@@ -137,8 +137,8 @@ CASES = [
     Case("split_invalid", file("f.jsonl", jsonl(G, {**doc(2), "split": "dev"})), 2, "split",
          "is 'dev' (expected one of train, valid, test"),
     Case("split_integer", file("f.jsonl", jsonl(G, {**doc(2), "split": 3})), 2, "split", "is 3"),
-    Case("split_on_some_lines_only", file("f.jsonl", jsonl(G, no("split", doc(2)))), 2, "split", "all or none"),
-    Case("duplicate_ids", file("f.jsonl", jsonl(G, {**doc(2), "id": "d1"})), 2, "id", "duplicate id 'd1' (first at"),
+    Case("split_on_some_lines_only", file("f.jsonl", jsonl(G, no("split", doc(2)))), 2, "split", "on every line or on none"),
+    Case("duplicate_ids", file("f.jsonl", jsonl(G, {**doc(2), "id": "d1"})), 2, "id", "duplicate id 'd1', first at"),
     Case("test_document_in_train", file("f.jsonl", jsonl(G, {**doc(1), "id": "d2", "split": "test"})), 2, "text",
          "test document also in train"),
     # the source layouts

@@ -40,12 +40,12 @@ MALFORMED = [
     ("question_wrong_type", {**doc(2), "qa": [{"question": 7, "answer": "a"}]}, "qa[0].question", "is an integer"),
     ("whitespace_answer", {**doc(2), "qa": [{"question": "q2?", "answer": " \t"}]}, "qa[0].answer", "whitespace"),
     ("bad_split", {**doc(2), "split": "dev"}, "split", "expected one of train, valid, test"),
-    ("duplicate_id", {**doc(2), "id": "d1"}, "id", "duplicate id 'd1' (first at"),
+    ("duplicate_id", {**doc(2), "id": "d1"}, "id", "duplicate id 'd1', first at"),
     ("non_utf8", b'{"id": "d2", "text": "caf\xe9", "qa": []}', None, "not valid UTF-8"),
     ("test_doc_in_train", {**doc(1), "id": "d2", "split": "test"}, "text", "test document also in train"),
     ("test_question_in_train", {**doc(2, "test"), "qa": [{"question": "What does document 1 say?", "answer": "v1"}]},
      "qa[0].question", "also asked in train"),
-    ("split_on_some_lines_only", {k: v for k, v in doc(2).items() if k != "split"}, "split", "give it on all or none"),
+    ("split_on_some_lines_only", {k: v for k, v in doc(2).items() if k != "split"}, "split", "on every line or on none"),
 ]
 
 
