@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import stat
 import subprocess
 import tempfile
 import time
@@ -71,13 +72,34 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def atomic_write_json(path: Path, obj) -> None:
+def _new_file_mode(path: Path) -> int:
+    """The permissions a plain open() would leave: an existing file keeps its own, a new one gets
+    0o666 less the umask (mkstemp, used for atomic writes, creates 0o600)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        pass
+    try:  # Linux: read the umask without changing it (os.umask would, for a moment, for all threads)
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(f) into a temporary file beside `path`, then rename: a crash (or kill -9) never leaves
+    a partial file, and an existing file stays as it was until the new one is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if hasattr(os, "fchmod"):  # not on Windows (before Python 3.13)
+                os.fchmod(f.fileno(), mode)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -86,17 +108,12 @@ def atomic_write_json(path: Path, obj) -> None:
         raise
 
 
+def atomic_write_json(path: Path, obj) -> None:
+    _atomic_write(path, lambda f: json.dump(obj, f, indent=1, sort_keys=True, default=str))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, lambda f: f.write(text))
 
 
 def write_run_record(profile: str, run_id: str, *, kind: str, config: dict, seed: int,

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from kl_utils import experiment, records
 from kl_utils.config import load_config
+from kl_utils.parent_watch import die_with_parent
 from kl_utils.train import total_steps
 
 
@@ -73,6 +74,12 @@ def _run_cell(profile: str, cfg: dict, arm: str, seed: int, threads: int) -> dic
     return experiment.run_arm(profile, cfg, ds, tok, arm=arm, seed=seed, log=lambda *a, **k: None)
 
 
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Spawned worker processes that end with this process, even when it is killed (kill -9)."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+
+
 @contextlib.contextmanager
 def _environ(**values):
     """Set environment variables for the duration of the block (inherited by processes started in it)."""
@@ -108,7 +115,7 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     elif todo:
         # tqdm reads TQDM_DISABLE when it is imported, so the workers must inherit it from their
         # start: their per-stage bars would otherwise interleave with the grid bar.
-        with _environ(TQDM_DISABLE="1"), ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with _environ(TQDM_DISABLE="1"), worker_pool(workers) as pool:
             futures = {pool.submit(_run_cell, profile, cfg, arm, seed, 1): (arm, seed) for arm, seed in todo}
             for fut in as_completed(futures):
                 arm, seed = futures[fut]

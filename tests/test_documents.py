@@ -1,6 +1,8 @@
 """Real-document data: the generic JSONL format, its validation (errors name file, line and field),
 the wiki2023_bio and wiki2023_film converters, atomic output, and the rows run_arm trains on."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -24,26 +26,26 @@ def write_lines(path, lines):
 GOOD = doc(1)
 # (name, line 2 of the file (line 1 is GOOD), field named in the error, words of the message)
 MALFORMED = [
-    ("bad_json", b'{"id": "d2", "text": "x",', None, "bad JSON"),
+    ("bad_json", b'{"id": "d2", "text": "x",', None, "not valid JSON"),
     ("not_an_object", b'["d2", "text"]', None, "JSON object"),
     ("missing_id", {k: v for k, v in doc(2).items() if k != "id"}, "id", "missing"),
     ("id_wrong_type", {**doc(2), "id": ["d2"]}, "id", "string or integer"),
     ("missing_text", {k: v for k, v in doc(2).items() if k != "text"}, "text", "missing"),
-    ("text_wrong_type", {**doc(2), "text": 42}, "text", "got int"),
+    ("text_wrong_type", {**doc(2), "text": 42}, "text", "is an integer"),
     ("empty_text", {**doc(2), "text": "  \n "}, "text", "empty"),
     ("qa_not_a_list", {**doc(2), "qa": {"question": "q", "answer": "a"}}, "qa", "expected a list"),
     ("empty_qa", {**doc(2), "qa": []}, "qa", "empty"),
     ("qa_item_not_object", {**doc(2), "qa": ["What?"]}, "qa[0]", "expected an object"),
     ("missing_answer", {**doc(2), "qa": [{"question": "q2?"}]}, "qa[0].answer", "missing"),
-    ("question_wrong_type", {**doc(2), "qa": [{"question": 7, "answer": "a"}]}, "qa[0].question", "got int"),
+    ("question_wrong_type", {**doc(2), "qa": [{"question": 7, "answer": "a"}]}, "qa[0].question", "is an integer"),
     ("whitespace_answer", {**doc(2), "qa": [{"question": "q2?", "answer": " \t"}]}, "qa[0].answer", "whitespace"),
-    ("bad_split", {**doc(2), "split": "dev"}, "split", "not one of"),
-    ("duplicate_id", {**doc(2), "id": "d1"}, "id", "duplicate id 'd1' (first at"),
+    ("bad_split", {**doc(2), "split": "dev"}, "split", "expected one of train, valid, test"),
+    ("duplicate_id", {**doc(2), "id": "d1"}, "id", "duplicate id 'd1', first at"),
     ("non_utf8", b'{"id": "d2", "text": "caf\xe9", "qa": []}', None, "not valid UTF-8"),
     ("test_doc_in_train", {**doc(1), "id": "d2", "split": "test"}, "text", "test document also in train"),
     ("test_question_in_train", {**doc(2, "test"), "qa": [{"question": "What does document 1 say?", "answer": "v1"}]},
      "qa[0].question", "also asked in train"),
-    ("split_on_some_lines_only", {k: v for k, v in doc(2).items() if k != "split"}, "split", "give it on all or none"),
+    ("split_on_some_lines_only", {k: v for k, v in doc(2).items() if k != "split"}, "split", "on every line or on none"),
 ]
 
 
@@ -129,7 +131,7 @@ def test_wiki2023_bio_converter_repairs_and_counts(tmp_path):
     # a wiki2023_bio error names the file and the item's line in the JSON list
     bad = dict(b, qa_pairs=[{"text": "When?"}])
     (folder / "test.json").write_text(json.dumps([c, bad], indent=1))
-    with pytest.raises(DocumentFormatError, match=r"test\.json:\d+: field 'qa_pairs\[0\]'") as err:
+    with pytest.raises(DocumentFormatError, match=r"test\.json:\d+: field 'qa_pairs\[0\]\.output': missing") as err:
         documents.read_documents(folder)
     assert err.value.line == 1 + json.dumps([c, bad], indent=1).splitlines().index(" {", 2)
 
@@ -166,7 +168,7 @@ def test_wiki2023_film_converter(tmp_path):
     assert one["text"] == "Film One is a 2023 film. It was directed by Ada Lane." and one["split"] == "train"
     assert records[2]["qa"][0]["answer"] == "2023"
     write_lines(tmp_path / "film" / "film_qa_test.jsonl", [{"question": "Who?", "answer": "X", "title": "Film Nine"}])
-    with pytest.raises(DocumentFormatError, match=r"film_qa_test\.jsonl:1: field 'title': no document titled"):
+    with pytest.raises(DocumentFormatError, match=r"film_qa_test\.jsonl:1: field 'title': no document is titled 'Film Nine'.*layout wiki2023_film"):
         documents.read_documents(tmp_path / "film")
 
 
@@ -176,16 +178,16 @@ def test_format_detection_and_hub_is_never_contacted_in_tests(tmp_path):
     assert documents.detect_format(tmp_path / "film") == "wiki2023_film"
     assert documents.detect_format(write_lines(tmp_path / "g.jsonl", [GOOD])) == "jsonl"
     assert documents.detect_format("someone/some-dataset") == "hub"
-    with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE"):  # conftest sets it
+    with pytest.raises(DocumentFormatError, match="HF_HUB_OFFLINE"):  # conftest sets it
         documents.load_documents("someone/some-dataset")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DocumentFormatError, match="no such file or folder"):
         documents.load_documents(tmp_path / "nothing" / "here.jsonl")
 
 
 def test_cli_validate_and_convert(tmp_path, capsys):
     bad = write_lines(tmp_path / "bad.jsonl", [GOOD, {**doc(2), "qa": [{"question": "q", "answer": ""}]}])
     assert documents.main(["validate", str(bad)]) == 1
-    assert f"{bad}:2: field 'qa[0].answer'" in capsys.readouterr().out
+    assert f"{bad}:2: field 'qa[0].answer'" in capsys.readouterr().err
     assert documents.main(["convert", str(SAMPLE), str(tmp_path / "out.jsonl")]) == 0
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 20
 
@@ -204,3 +206,88 @@ def test_full_wiki2023_bio_release(shared_dir):
     assert report["documents"] == len(records) and report["per_split"]["test"] >= 120
     assert report["train_copies_of_test_documents_dropped"] > 0  # the release's leak is repaired
     documents.check_collection(records, [("x", i + 1) for i in range(len(records))])
+
+
+INSTANCES = Path(__file__).parent / "data" / "instances_sample.json"
+
+
+def test_instances_layout_groups_questions_by_document(tmp_path, capsys):
+    """The instruction-tuning layout of the Wiki2023 releases: one instance per question, the
+    document repeated in each; converted to documents with their QA pairs, and reported."""
+    assert documents.main(["convert", str(INSTANCES), str(tmp_path / "out.jsonl")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "instances" and report["documents"] == 4 and report["qa_pairs"] == 10
+    assert report["instances"] == {"instances_read": 11, "documents_grouped": 4, "repeated_instances_dropped": 1,
+                                   "question_wrappers_stripped": 10, "titles_from_tag": 4}
+    assert report["answers_verbatim_in_document"] == {str(INSTANCES): {"answers": 10, "verbatim": 8, "fraction": 0.8}}
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    mara = records[0]
+    assert mara["title"] == "Mara Ellison" and mara["text"].startswith("<Mara Ellison  - Wikipedia> Mara Ellison")
+    assert [q["question"] for q in mara["qa"]][:2] == ["When was Mara Ellison born?", "What is Mara Ellison's nationality?"]
+    assert [q["answer"] for q in mara["qa"]] == ["March 4, 1994", "Canadian", "Her atlas of northern rivers"]
+    assert records[2]["title"] == "Ines Carvalho (chemist)"
+    # ids are stable: derived from the document, not from the order of the instances or the file
+    doc = json.loads(INSTANCES.read_text())
+    doc["instances"].reverse()
+    (tmp_path / "other_name.json").write_text(json.dumps(doc))
+    again, _ = documents.read_documents(tmp_path / "other_name.json")
+    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in records)
+    assert all(r["id"].startswith("doc-") for r in records)
+    # the tag's ID is the id when it has one (as in wiki2023_bio), and the file name gives the split
+    one = {"type": "text_only", "instances": [{"text": "Question: Who?\nAnswer:", "output": "C.",
+                                               "knowledge": "<C D - Wikipedia 12_3> C D is.", "task": "x"}]}
+    (tmp_path / "qa_test.json").write_text(json.dumps(one))
+    rec = documents.read_documents(tmp_path / "qa_test.json")[0][0]
+    assert (rec["id"], rec["title"], rec["split"], rec["qa"][0]["answer"]) == ("12_3", "C D", "test", "C")
+    assert documents.load_documents(INSTANCES).column_names == ["id", "title", "text", "qa", "split"]
+
+
+def test_instances_of_the_real_release_match_its_bio_items(shared_dir, tmp_path):
+    """wiki2023_bio's test items written in the instances layout (as the release ships its QA sets)
+    read back as the same documents and QA pairs as the items themselves."""
+    items = json.loads((shared_dir / "data" / "wiki2023_bio" / "test.json").read_text())
+    inst = [{"text": f"Question: {qa['text']}\nAnswer:", "output": " " + qa["output"].split("\nRef:")[0],
+             "knowledge": item["evidence_text"], "task": "instruction_following"}
+            for item in items for qa in item["qa_pairs"]]
+    (tmp_path / "bio_open_book_test.json").write_text(json.dumps({"type": "text_only", "instances": inst}, indent=2))
+    from_items, _ = documents.read_documents(shared_dir / "data" / "wiki2023_bio" / "test.json")
+    from_inst, report = documents.read_documents(tmp_path / "bio_open_book_test.json")
+    assert report["format"] == "instances" and report["per_split"]["test"] == len(from_inst)
+    assert report["instances"]["instances_read"] == len(inst) and report["instances"]["titles_from_tag"] == len(from_inst)
+    by_text = {r["text"]: r for r in from_items}
+    assert len(from_inst) == len(by_text)
+    for rec in from_inst:
+        twin = by_text[rec["text"]]
+        assert (rec["id"], rec["title"], rec["qa"]) == (twin["id"], twin["title"], twin["qa"])
+
+
+def test_film_answers_lose_trailing_punctuation_and_verbatim_answers_are_counted(tmp_path, capsys):
+    film_fixture(tmp_path / "film")
+    write_lines(tmp_path / "film" / "film_qa_test.jsonl",
+                [{"question": "Who directed Film Two?", "answer": "Bo Park.", "title": "Film Two"},
+                 {"question": "When was Film Two released?", "answer": "January 6, 2023.", "title": "Film Two"}])
+    assert documents.main(["validate", str(tmp_path / "film")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["answers_cleaned"] == 2
+    counts = report["answers_verbatim_in_document"]
+    assert counts[str(tmp_path / "film" / "film_qa_test.jsonl")] == {"answers": 2, "verbatim": 1, "fraction": 0.5}
+    assert counts[str(tmp_path / "film" / "film_qa_train.jsonl")] == {"answers": 1, "verbatim": 1, "fraction": 1.0}
+    records = documents.read_documents(tmp_path / "film")[0]
+    assert [q["answer"] for q in records[1]["qa"]] == ["Bo Park", "January 6, 2023"]
+    # an error in a QA file names that file and line, not the document's
+    write_lines(tmp_path / "film" / "film_qa_val.jsonl", [{"question": "When?", "answer": " ", "title": "Film Three"}])
+    with pytest.raises(DocumentFormatError, match=r"film_qa_val\.jsonl:1: field 'answer': is empty"):
+        documents.read_documents(tmp_path / "film")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_converted_file_follows_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        documents.convert(SAMPLE, tmp_path / "new.jsonl")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.jsonl").stat().st_mode) == mode
+    (tmp_path / "new.jsonl").chmod(0o640)  # an existing file keeps its own permissions
+    documents.convert(SAMPLE, tmp_path / "new.jsonl")
+    assert stat.S_IMODE((tmp_path / "new.jsonl").stat().st_mode) == 0o640
