@@ -164,12 +164,14 @@ def mh_risk_difference(tables) -> dict:
 
 def simulate_pairs(seeds_per_pair, *, effect: float, tau: float, sigma: float, reps: int, rng) -> list:
     """reps simulated studies: pair i has true difference effect + u_i, u_i ~ N(0, tau^2), and
-    seeds_per_pair[i] per-seed differences with N(0, sigma^2) noise. Returns one (reps, n_i) array per pair."""
+    seeds_per_pair[i] per-seed differences with N(0, sigma_i^2) noise (sigma: one value, or one per
+    pair). Returns one (reps, n_i) array per pair."""
+    sigmas = np.broadcast_to(np.asarray(sigma, dtype=float), (len(seeds_per_pair),))
     u = rng.normal(0.0, tau, (reps, len(seeds_per_pair)))
-    return [effect + u[:, i:i + 1] + rng.normal(0.0, sigma, (reps, n)) for i, n in enumerate(seeds_per_pair)]
+    return [effect + u[:, i:i + 1] + rng.normal(0.0, sigmas[i], (reps, n)) for i, n in enumerate(seeds_per_pair)]
 
 
-def coverage(seeds_per_pair, *, effect: float = 0.05, tau: float = 0.03, sigma: float = 0.02, reps: int = 4000,
+def coverage(seeds_per_pair, *, effect: float = 0.05, tau: float = 0.03, sigma=0.02, reps: int = 4000,
              seed: int = 0, within: str = "pooled", tau2_method: str = "reml", hk: str = "plain") -> float:
     """Fraction of simulated studies whose 95% CI contains the true effect."""
     groups = simulate_pairs(seeds_per_pair, effect=effect, tau=tau, sigma=sigma, reps=reps, rng=np.random.default_rng(seed))
@@ -188,15 +190,21 @@ def main(argv=None) -> None:
     import argparse
     ap = argparse.ArgumentParser(description="95% CI coverage of the random-effects variants by simulation")
     ap.add_argument("--reps", type=int, default=10000)
-    ap.add_argument("--sigma", type=float, default=0.02)
+    ap.add_argument("--sigma", type=float, nargs="+", default=[0.02],
+                    help="within-pair SD of a seed's difference: one value, or one per pair (then only designs of that many pairs)")
     args = ap.parse_args(argv)
-    variants = [(w, h) for w in ("pooled", "per_pair") for h in ("plain", "modified", "none")]
-    print("tau   seeds per pair    " + "  ".join(f"{w}/{h}" for w, h in variants))
+    sigma = args.sigma[0] if len(args.sigma) == 1 else tuple(args.sigma)
+    variants = [(w, h, "reml") for w in ("pooled", "per_pair") for h in ("plain", "modified", "none")]
+    variants.insert(1, ("pooled", "plain", "dl"))
+    names = [f"{w}/{h}" + ("/dl" if t == "dl" else "") for w, h, t in variants]
+    print("tau   seeds per pair    " + "  ".join(names))
     for tau in SIM_TAUS:
         for design in SIM_DESIGNS:
-            covs = [coverage(design, tau=tau, sigma=args.sigma, reps=args.reps, within=w, hk=h) for w, h in variants]
-            print(f"{tau:<5} {str(design):<17} " + "  ".join(f"{c:.3f}".rjust(len(w) + len(h) + 1) for c, (w, h) in zip(covs, variants)))
-
+            if len(args.sigma) > 1 and len(design) != len(args.sigma):
+                continue
+            covs = [coverage(design, tau=tau, sigma=sigma, reps=args.reps, within=w, hk=h, tau2_method=t)
+                    for w, h, t in variants]
+            print(f"{tau:<5} {str(design):<17} " + "  ".join(f"{c:.3f}".rjust(len(n)) for c, n in zip(covs, names)))
 
 if __name__ == "__main__":
     main()

@@ -198,17 +198,41 @@ def probe_checkpoints(profile: str, cfg: dict, ds, tok, checkpoints, n_people: i
     return out
 
 
-def _row(claim, comparison, budget, metric, a, b, d, lo, hi, n_seeds):
+def _row(claim, comparison, budget, metric, a, b, d, lo, hi, n_seeds, test="descriptive"):
     return {"claim": claim, "comparison": comparison, "budget": budget, "metric": metric, "mean_a": a, "mean_b": b,
             "diff": d, "ci_low": lo, "ci_high": hi, "n_seeds": n_seeds,
-            "verdict": verdict({"n": n_seeds, "low": lo, "high": hi})}
+            "verdict": verdict({"n": n_seeds, "low": lo, "high": hi}), "test": test}
+
+
+def stratified_fact_row(recs: list[dict]) -> dict | None:
+    """The primary C1 row: per fact, is a question answered more often when the model predicts the
+    fact in an unseen (held-out-template) paraphrase? One 2x2 table (held-out predicted x answered)
+    per run, so that differences between runs (arms, seeds, checkpoints of training) cannot create the
+    association: Cochran-Mantel-Haenszel test over the runs, effect = Mantel-Haenszel risk difference
+    of the answer rate (predicted minus not predicted) with its Sato-Greenland-Robins 95% CI."""
+    from kl_utils import meta
+    tables = []
+    for r in recs:
+        cells = two_by_two(r["final_facts"]["heldout"], r["final_facts"]["qa_em"])
+        tables.append([cells[(1, 1)], cells[(1, 0)], cells[(0, 1)], cells[(0, 0)]])
+    if not tables:
+        return None
+    cmh, rd = meta.cmh_test(tables), meta.mh_risk_difference(tables)
+    t = np.asarray(tables, dtype=float).sum(0)
+    row = _row("C1", "QA answer rate: fact predicted vs not predicted in a held-out paraphrase, stratified by run",
+               "per fact", f"answer rate, Mantel-Haenszel ({cmh['n']} facts in {cmh['strata']} runs; CMH chi2 {cmh['chi2']:.1f})",
+               float(t[2] / (t[2] + t[3])), float(t[0] / (t[0] + t[1])), rd["rd"], rd["low"], rd["high"],
+               len({r["seed"] for r in recs}), test="CMH (stratified by run)")
+    return {**row, "p_value": cmh["p"]}
 
 
 def claim_rows(recs: list[dict], n_boot: int = 2000) -> list[dict]:
     """C1 rows for results/<profile>/claims.csv from diversity and probe_arm records: the correlation
     of held-out-paraphrase fact accuracy with held-out QA EM over the main arms' runs (probe_arm) and
-    over checkpoints and paraphrase counts (diversity) (diff = r, CI by bootstrap over points), and per fact the answer-rate difference between facts predicted in
-    the unseen paraphrase and facts predicted only in the training context (bootstrap over facts)."""
+        over checkpoints and paraphrase counts (diversity) (diff = r, CI by bootstrap over points), and per fact the answer-rate difference between facts predicted in
+    the unseen paraphrase and facts predicted only in the training context (bootstrap over facts):
+    all descriptive (runs and checkpoints differ in more than the probe). The tested row is
+    stratified_fact_row, the per-fact association within each run."""
     rows = []
     arms = [r for r in recs if r.get("kind") == "probe_arm"]
     if len(arms) >= 3:
@@ -222,6 +246,7 @@ def claim_rows(recs: list[dict], n_boot: int = 2000) -> list[dict]:
     if not recs:
         return rows
     n_seeds = len({r["seed"] for r in recs})
+    rows.append(stratified_fact_row(recs))
     pts = checkpoint_points(recs)
     x, y = [p["heldout_acc"] for p in pts], [p["test_em"] for p in pts]
     for method in ("pearson", "spearman"):
