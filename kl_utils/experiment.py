@@ -115,10 +115,16 @@ def _history_summary(history: dict, every: int = 1) -> dict:
             "epochs": history["epochs"]}
 
 
-def _eval(model, tok, ds, split, cfg) -> dict:
+def _eval(model, tok, ds, split, cfg, per_question: bool = False) -> dict:
+    """QA exact match on a split; with per_question, also `per_question`: one row per question
+    (kl_utils.predictions.question_rows) for the run record."""
+    from kl_utils import predictions
     res = evaluate.evaluate_qa(model, tok, data.qa_examples(ds, split), batch_size=cfg["eval"]["batch_size"],
                                max_new_tokens=cfg["eval"]["max_new_tokens"], decoder=cfg["eval"].get("decoder", "kv"))
-    res.pop("predictions")
+    if per_question:
+        res["per_question"] = predictions.question_rows(ds, split, res)
+    for key in ("predictions", "golds", "correct"):
+        res.pop(key)
     return res
 
 
@@ -318,6 +324,10 @@ def checkpoint_dir(profile: str, run_id: str) -> Path:
     return results_dir(profile) / "ckpt" / run_id
 
 
+# The splits whose per-question predictions a run record keeps (`predictions`: {split: [row, ...]}).
+PREDICTION_SPLITS = ("valid", "test")
+
+
 def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print) -> dict:
     """One arm and seed of the main protocol: (base model) -> CPT on the documents of every new
     person -> IT on the QA pairs of the train split -> exact match on train / valid / test.
@@ -363,8 +373,11 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
                            checkpoint=ckpt / "it.pt", checkpoint_every=every)
     timing["it_s"] = time.time() - t
     t = time.time()
+    per_question = {}
     for split in ("train", "valid", "test"):
-        res = _eval(model, tok, ds, split, cfg)
+        res = _eval(model, tok, ds, split, cfg, per_question=split in PREDICTION_SPLITS)
+        if split in PREDICTION_SPLITS:
+            per_question[split] = res.pop("per_question")
         metrics[f"{split}_em"] = res["em"]
         metrics[f"{split}_f1"] = res["f1"]
         metrics[f"{split}_em_per_attribute"] = res["em_per_attribute"]
@@ -378,7 +391,8 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
              "optimizer_steps": {k: len(h["step"]) for k, h in hist.items()},
              "timing": {k: round(v, 2) for k, v in timing.items()},
              "checkpoint": str(ckpt.relative_to(ckpt.parents[1])),
-             "history": {k: _history_summary(h) for k, h in hist.items()}}
+             "history": {k: _history_summary(h) for k, h in hist.items()},
+             "predictions": per_question}
     if main_process:
         records.write_run_record(profile, run_id, kind="arm", config=spec, seed=seed, metrics=metrics,
                                  wall_time_s=wall, extra=extra)
