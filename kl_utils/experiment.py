@@ -24,13 +24,13 @@ from kl_utils.tokenizer import build_word_tokenizer, load_tokenizer
 from kl_utils.train import get_accelerator, set_seed, train
 
 
-def vocabulary_texts() -> list[str]:
-    """Every word the synthetic data can contain: value pools, templates, questions, QA format.
-    The vocabulary therefore does not depend on which people were sampled."""
+def vocabulary_texts(templates: str = "default") -> list[str]:
+    """Every word the synthetic data can contain: value pools, templates (of the `data.templates`
+    setting), questions, QA format. The vocabulary therefore does not depend on which people were sampled."""
     fields = bios.load_fields()
     texts = [v for key in ("first_name", "middle_name", "last_name", "city", "university", "major") for v in fields[key]]
     texts += [v for pair in fields["company"] for v in pair]
-    texts += [t for pool in bios.TEMPLATES.values() for t in pool] + list(bios.QUESTIONS.values())
+    texts += [t for pool in bios.template_pool(templates).values() for t in pool] + list(bios.QUESTIONS.values())
     texts += list(bios.MONTHS) + [str(i) for i in range(1, 32)] + [str(y) for y in range(1900, 2100)]
     texts += [data.QA_PROMPT, "She He her his"]
     return texts
@@ -71,7 +71,7 @@ def make_tokenizer(cfg: dict):
     a pretrained model's own tokenizer (`model.pretrained`: hub id or local path)."""
     pretrained = cfg["model"].get("pretrained")
     if not pretrained:
-        return build_word_tokenizer(vocabulary_texts())
+        return build_word_tokenizer(vocabulary_texts(cfg["data"].get("templates", "default")))
     tok = load_tokenizer(pretrained)
     if tok.bos_token is None:
         # The encoders prepend BOS; Qwen2 has none. Its end-of-text token is the document
@@ -135,8 +135,14 @@ BASE_DATA_KEYS = ("seed", "n_base", "n_train_templates", "base_paraphrases", "pe
                   "name_every_sentence")
 
 
+# Data settings the base model depends on only when a profile sets them (absent, they keep the
+# hashes of the base models made before the key existed).
+OPTIONAL_BASE_DATA_KEYS = ("templates",)
+
+
 def base_spec(cfg: dict) -> dict:
-    return canonical_spec({"data": {k: cfg["data"].get(k) for k in BASE_DATA_KEYS}, "model": cfg["model"],
+    data_keys = BASE_DATA_KEYS + tuple(k for k in OPTIONAL_BASE_DATA_KEYS if k in cfg["data"])
+    return canonical_spec({"data": {k: cfg["data"].get(k) for k in data_keys}, "model": cfg["model"],
                            "base": cfg["base"]})
 
 

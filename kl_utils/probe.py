@@ -25,14 +25,14 @@ from kl_utils.summary import verdict
 CONTEXTS = ("train", "heldout", "qa")
 
 
-def heldout_spans(row: dict, n_train_templates: int) -> list[list[int]]:
+def heldout_spans(row: dict, n_train_templates: int, templates: str = "default") -> list[list[int]]:
     """Character spans of the facts in `row["heldout_bio"]` (per attribute in bios.ATTRIBUTES order).
 
     The held-out biography is rendered in ATTRIBUTES order, every sentence starting with the full
     name, so each sentence is exactly one held-out template with its value: we match the template
     head, which makes the span exact (a plain `find` could hit the value inside a name)."""
     text, cursor, out = row["heldout_bio"], 0, []
-    _, pool = bios.split_templates(n_train_templates)
+    _, pool = bios.split_templates(n_train_templates, templates)
     pos = "her" if row["gender"] == "female" else "his"
     for attr in bios.ATTRIBUTES:
         value = row[attr]
@@ -83,14 +83,14 @@ def token_scores(model, seqs: list[list[int]], pad_id: int, batch_size: int = 12
     return out
 
 
-def probe(model, tok, people, n_train_templates: int, batch_size: int = 128) -> dict:
+def probe(model, tok, people, n_train_templates: int, batch_size: int = 128, templates: str = "default") -> dict:
     """Per-fact scores in the three contexts, and token-level losses (fact vs other tokens) in
     training and held-out documents. Returns {"facts": [row...], "tokens": {...}}; a fact row has
     person_id, split, attribute, context, loss (mean NLL per fact token), logprob (sum), acc (0/1)."""
     seqs, meta = [], []  # meta: (kind, row, positions per attribute)
     for row in people:
         for kind, text, spans in (("train", row["bios"][0], row["fact_spans"][0]),
-                                  ("heldout", row["heldout_bio"], heldout_spans(row, n_train_templates))):
+                                  ("heldout", row["heldout_bio"], heldout_spans(row, n_train_templates, templates))):
             ids, pos = encode_with_spans(tok, text, spans)
             seqs.append(ids)
             meta.append((kind, row, pos))
@@ -187,7 +187,8 @@ def probe_checkpoints(profile: str, cfg: dict, ds, tok, checkpoints, n_people: i
     for rec, path in checkpoints:
         t0 = time.time()
         model = AutoModelForCausalLM.from_pretrained(str(path))
-        res = probe(model, tok, test, cfg["data"]["n_train_templates"], cfg["analysis"]["probe_batch_size"])
+        res = probe(model, tok, test, cfg["data"]["n_train_templates"], cfg["analysis"]["probe_batch_size"],
+                    cfg["data"].get("templates", "default"))
         metrics = {**summarize(res["facts"]), **res["tokens"], "test_em": rec["metrics"]["test_em"]}
         run_id = f"probe-{rec['run_id']}-{config_hash({'n_people': n_people})}"
         extra = {"arm": rec["arm"], "source_run_id": rec["run_id"]}
