@@ -226,19 +226,24 @@ def rows_of_arms(rows: list[dict], arms) -> list[dict]:
     return [r for r in rows if base(r.get("arm_a")) in arms and base(r.get("arm_b")) in arms]
 
 
+def present(x) -> bool:
+    """A cell with a value: not None, "" or nan (rows from a DataFrame carry nan for missing keys)."""
+    return x is not None and x != "" and not (isinstance(x, float) and math.isnan(x))
+
+
 def describe(rows: list[dict]) -> list[str]:
     """One plain sentence per row, for notebooks and reports (numbers straight from the rows)."""
     out = []
     for r in rows:
         ci = "" if r["n_seeds"] < 2 else f" [95% CI {float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"
-        test = f" ({r['test']}, margin {float(r['margin']):.2f})" if r.get("margin") not in (None, "") else ""
+        test = f" ({r['test']}, margin {float(r['margin']):.2f})" if present(r.get("margin")) else ""
         line = (f"{r['claim']} ({r['budget']}-matched) {r['comparison']}: {r.get('arm_b', 'b')} {float(r['mean_b']):.3f} vs "
                 f"{r.get('arm_a', 'a')} {float(r['mean_a']):.3f}, diff {float(r['diff']):+.3f}{ci}, "
                 f"{r['n_seeds']} seeds -> {r['verdict'].upper()}{test}")
-        if r.get("re_diff") not in (None, ""):
-            line += (f"; over {r['n_pairs']} base models: {float(r['re_diff']):+.3f} [{float(r['re_ci_low']):+.3f}, "
+        if present(r.get("re_diff")):
+            line += (f"; over {int(r['n_pairs'])} (base model, data draw) pairs: {float(r['re_diff']):+.3f} [{float(r['re_ci_low']):+.3f}, "
                      f"{float(r['re_ci_high']):+.3f}] -> {r['re_verdict'].upper()}")
-        if r.get("verdict_holm"):
+        if present(r.get("verdict_holm")):
             line += f"; Holm ({r['family']}): {r['verdict_holm'].upper()}"
         out.append(line)
     return out

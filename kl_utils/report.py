@@ -49,14 +49,14 @@ def claims_markdown(rows: list[dict]) -> str:
     for r in rows:
         arms = f": `{r['arm_b']}` vs `{r['arm_a']}`" if r.get("arm_a") else ""
         test = r.get("test", "")
-        if r.get("margin") not in (None, ""):
+        if claims.present(r.get("margin")):
             test += f", margin {float(r['margin']):.2f}"
-        holm = f"**{r['verdict_holm']}** ({r['family']})" if r.get("verdict_holm") else "—"
+        holm = f"**{r['verdict_holm']}** ({r['family']})" if claims.present(r.get("verdict_holm")) else "—"
         lines.append(f"| {r['claim']} | {PAPER.get(r['claim'], '')} | {r['comparison']}{arms} "
                      f"| {r['budget']} | {r['metric']} | {_num(r['mean_a'])} | {_num(r['mean_b'])} "
                      f"| {_ci_cell(r['diff'], r['ci_low'], r['ci_high'])} | {r['n_seeds']} | {r['verdict']} | {test} "
                      f"| {r.get('n_pairs') or '—'} | {_ci_cell(r.get('re_diff'), r.get('re_ci_low'), r.get('re_ci_high'))} "
-                     f"| {r.get('re_verdict') or '—'} | {holm} |")
+                     f"| {r['re_verdict'] if claims.present(r.get('re_verdict')) else '—'} | {holm} |")
     return "\n".join(lines)
 
 

@@ -183,6 +183,10 @@ def test_holm_within_families_next_to_unadjusted_verdicts(profile):
     assert weak["verdict_holm"] == "inconclusive" and weak["primary"] == "within pair" and weak["n_pairs"] == 1
     strong = next(r for r in headline if r["arm_b"] == "format_steps")
     assert strong["verdict_holm"] == "supported"
+    import pandas as pd  # notebooks pass rows through a DataFrame: missing cells come back as nan
+    lines = claims.describe(pd.DataFrame(rows).to_dict("records"))
+    assert any("Holm (headline): INCONCLUSIVE" in line and "format 0.280" in line for line in lines)
+    assert not any("nan" in line.split("->", 1)[1] for line in lines)
     text = claims.to_csv(rows)
     header = text.splitlines()[0].split(",")
     assert header[:14] == claims.COLUMNS[:14] and header[14:] == claims.verdicts.COLUMNS
