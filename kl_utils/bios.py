@@ -92,12 +92,24 @@ QUESTIONS: dict[str, str] = {
 }
 
 
-def split_templates(n_train: int) -> tuple[dict, dict]:
+def template_pool(name: str = "default") -> dict[str, list[str]]:
+    """The templates of a `data.templates` setting: "default" (TEMPLATES, 8 per attribute; profiles
+    without the key) or "rich" (kl_utils.templates_rich, 24 per attribute)."""
+    if name == "default":
+        return TEMPLATES
+    if name == "rich":
+        from kl_utils.templates_rich import RICH_TEMPLATES
+        return RICH_TEMPLATES
+    raise ValueError(f"unknown data.templates {name!r}; valid: default, rich")
+
+
+def split_templates(n_train: int, templates: str = "default") -> tuple[dict, dict]:
     """The first n_train templates of each attribute form the training pool, the rest the held-out pool."""
-    if not 1 <= n_train < min(len(t) for t in TEMPLATES.values()):
-        raise ValueError(f"n_train_templates must be in [1, {min(len(t) for t in TEMPLATES.values()) - 1}], got {n_train}")
-    return ({a: t[:n_train] for a, t in TEMPLATES.items()},
-            {a: t[n_train:] for a, t in TEMPLATES.items()})
+    pool = template_pool(templates)
+    if not 1 <= n_train < min(len(t) for t in pool.values()):
+        raise ValueError(f"n_train_templates must be in [1, {min(len(t) for t in pool.values()) - 1}], got {n_train}")
+    return ({a: t[:n_train] for a, t in pool.items()},
+            {a: t[n_train:] for a, t in pool.items()})
 
 
 @lru_cache(maxsize=None)

@@ -1,9 +1,12 @@
 """results/<profile>/claims.csv: one row per claim comparison, built only from run records.
 
 Main-experiment rows compare two arms over the seeds both have (paired difference of b - a with
-its 95% t-interval); the analysis modules (probe, diversity, sharpness) add their own rows in
-the same columns. Verdict: `supported` (CI above 0), `contradicted` (CI below 0), `inconclusive`
-(CI contains 0, or fewer than 2 paired seeds).
+its 95% t-interval: the within-pair columns diff, ci_low, ci_high, n_seeds, verdict); the analysis
+modules (probe, diversity, sharpness) add their own rows in the same columns. Verdict: `supported`
+(CI above 0), `contradicted` (CI below 0), `inconclusive` (CI contains 0, or fewer than 2 paired
+seeds); C5's non-inferiority rows: `non-inferior` / `inferior` / `inconclusive` against -margin.
+kl_utils.verdicts adds the test of each row, the random-effects estimate over (base model, data
+draw) pairs and the Holm-adjusted verdict (the columns after run_ids).
 
     python -m kl_utils.claims --profile cpu     # rebuild the file and print it
     python -m kl_utils.claims --across cpu cpu-base1   # the rows of several profiles side by side
@@ -18,13 +21,13 @@ import math
 import re
 from pathlib import Path
 
-from kl_utils import records, stats
+from kl_utils import records, stats, verdicts
 from kl_utils.config import load_config
 from kl_utils.paths import results_dir
 from kl_utils.summary import by_arm, verdict
 
 COLUMNS = ["claim", "comparison", "budget", "metric", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
-           "n_seeds", "verdict", "arm_a", "arm_b", "run_ids"]
+           "n_seeds", "verdict", "arm_a", "arm_b", "run_ids", *verdicts.COLUMNS]
 
 # (claim, arm a, arm b, budget, what the comparison is). Rows whose arms have no records are left
 # out (a profile runs the comparisons its grid covers); `main_rows` adds rows tuned on valid.
@@ -155,8 +158,8 @@ def ablation_level(arm: str) -> tuple[str, str, str] | None:
 
 def ablation_rows(recs: list[dict]) -> list[dict]:
     """Each ablation arm against AdamW (every ablation arm has the baseline's optimizer steps).
-    Many rows at 95% each: expect about one in twenty to leave 0 by chance (no multiplicity
-    correction; read them as a map of where to look, not as separate findings)."""
+    Many rows at 95% each: expect about one in twenty to leave 0 by chance; their Holm-adjusted
+    verdicts (family "ablations", kl_utils.verdicts) control that."""
     names = {"rho": "SAM at rho = {}", "k": "formatting with k = {} copies", "family": "formatting family {} alone",
              "rho_k": "format + SAM at k/rho = {}"}
     rows = []
@@ -208,10 +211,12 @@ def current_arm_records(profile: str, cfg: dict | None = None) -> list[dict]:
 
 
 def build(profile: str, cfg: dict | None = None) -> list[dict]:
-    """Every claims row of a profile. With `cfg`, only records of its current config count."""
+    """Every claims row of a profile, annotated by kl_utils.verdicts (test, random effects over the
+    profile's `pairs:`, Holm). With `cfg`, only records of its current config count."""
     arm_recs = current_arm_records(profile, cfg)
     rows = main_rows(arm_recs) + ablation_rows(arm_recs) + analysis_rows(profile, cfg)
-    return sorted(rows, key=lambda r: (r["claim"], r.get("budget", ""), r["comparison"]))
+    rows = sorted(rows, key=lambda r: (r["claim"], r.get("budget", ""), r["comparison"]))
+    return verdicts.annotate(rows, verdicts.pair_records(profile, cfg))
 
 
 def rows_of_arms(rows: list[dict], arms) -> list[dict]:
@@ -221,14 +226,26 @@ def rows_of_arms(rows: list[dict], arms) -> list[dict]:
     return [r for r in rows if base(r.get("arm_a")) in arms and base(r.get("arm_b")) in arms]
 
 
+def present(x) -> bool:
+    """A cell with a value: not None, "" or nan (rows from a DataFrame carry nan for missing keys)."""
+    return x is not None and x != "" and not (isinstance(x, float) and math.isnan(x))
+
+
 def describe(rows: list[dict]) -> list[str]:
     """One plain sentence per row, for notebooks and reports (numbers straight from the rows)."""
     out = []
     for r in rows:
         ci = "" if r["n_seeds"] < 2 else f" [95% CI {float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]"
-        out.append(f"{r['claim']} ({r['budget']}-matched) {r['comparison']}: {r.get('arm_b', 'b')} {float(r['mean_b']):.3f} vs "
-                   f"{r.get('arm_a', 'a')} {float(r['mean_a']):.3f}, diff {float(r['diff']):+.3f}{ci}, "
-                   f"{r['n_seeds']} seeds -> {r['verdict'].upper()}")
+        test = f" ({r['test']}, margin {float(r['margin']):.2f})" if present(r.get("margin")) else ""
+        line = (f"{r['claim']} ({r['budget']}-matched) {r['comparison']}: {r.get('arm_b', 'b')} {float(r['mean_b']):.3f} vs "
+                f"{r.get('arm_a', 'a')} {float(r['mean_a']):.3f}, diff {float(r['diff']):+.3f}{ci}, "
+                f"{r['n_seeds']} seeds -> {r['verdict'].upper()}{test}")
+        if present(r.get("re_diff")):
+            line += (f"; over {int(r['n_pairs'])} (base model, data draw) pairs: {float(r['re_diff']):+.3f} [{float(r['re_ci_low']):+.3f}, "
+                     f"{float(r['re_ci_high']):+.3f}] -> {r['re_verdict'].upper()}")
+        if present(r.get("verdict_holm")):
+            line += f"; Holm ({r['family']}): {r['verdict_holm'].upper()}"
+        out.append(line)
     return out
 
 

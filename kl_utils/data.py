@@ -25,7 +25,7 @@ def build_people(cfg: dict) -> datasets.Dataset:
     is used for instruction tuning), valid (tuning) and test (held-out QA, the primary metric).
     """
     seed = cfg["seed"]
-    train_pool, heldout_pool = bios.split_templates(cfg["n_train_templates"])
+    train_pool, heldout_pool = bios.split_templates(cfg["n_train_templates"], cfg.get("templates", "default"))
     n_base, n_new = cfg.get("n_base", 0), cfg["n_new"]
     people = bios.generate_people(n_base + n_new, seed)
     splits = ["base"] * n_base + bios.assign_splits(n_new, cfg["splits"], seed + 1)

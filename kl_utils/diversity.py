@@ -51,7 +51,8 @@ def _qa_eval(model, tok, people, cfg, seed, split="test") -> dict:
 def _probe_summary(model, tok, people, cfg) -> tuple[dict, list[dict]]:
     """The C1 probe on the test people only (their QA is never trained on; half the cost)."""
     test = people.filter(lambda r: r["split"] == "test")
-    res = probe.probe(model, tok, test, cfg["data"]["n_train_templates"], cfg["analysis"]["probe_batch_size"])
+    res = probe.probe(model, tok, test, cfg["data"]["n_train_templates"], cfg["analysis"]["probe_batch_size"],
+                      cfg["data"].get("templates", "default"))
     s = {f"test_{k}": v for k, v in probe.summarize(res["facts"], "test").items()}
     return {**s, **res["tokens"]}, res["facts"]
 

@@ -133,7 +133,8 @@ def as_decoded(tokenizer, text: str) -> str:
 
 
 def evaluate_qa(model, tokenizer, examples: list[dict], **kwargs) -> dict:
-    """Exact match (and token F1) overall and per attribute; keeps the predictions."""
+    """Exact match (and token F1) overall and per attribute; keeps the predictions, the gold answers
+    as compared (as_decoded) and whether each was an exact match (`correct`), in example order."""
     if not examples:
         raise ValueError("evaluate_qa: no QA examples")
     preds = generate_answers(model, tokenizer, examples, **kwargs)
@@ -145,4 +146,4 @@ def evaluate_qa(model, tokenizer, examples: list[dict], **kwargs) -> dict:
     return {"em": sum(hits) / len(hits), "n": len(hits),
             "f1": sum(token_f1(p, g) for p, g in zip(preds, golds)) / len(hits),
             "em_per_attribute": {a: sum(v) / len(v) for a, v in sorted(per_attr.items())},
-            "predictions": preds}
+            "predictions": preds, "golds": golds, "correct": hits}

@@ -26,13 +26,13 @@ from kl_utils.tokenizer import build_word_tokenizer, load_tokenizer
 from kl_utils.train import get_accelerator, set_seed, train
 
 
-def vocabulary_texts() -> list[str]:
-    """Every word the synthetic data can contain: value pools, templates, questions, QA format.
-    The vocabulary therefore does not depend on which people were sampled."""
+def vocabulary_texts(templates: str = "default") -> list[str]:
+    """Every word the synthetic data can contain: value pools, templates (of the `data.templates`
+    setting), questions, QA format. The vocabulary therefore does not depend on which people were sampled."""
     fields = bios.load_fields()
     texts = [v for key in ("first_name", "middle_name", "last_name", "city", "university", "major") for v in fields[key]]
     texts += [v for pair in fields["company"] for v in pair]
-    texts += [t for pool in bios.TEMPLATES.values() for t in pool] + list(bios.QUESTIONS.values())
+    texts += [t for pool in bios.template_pool(templates).values() for t in pool] + list(bios.QUESTIONS.values())
     texts += list(bios.MONTHS) + [str(i) for i in range(1, 32)] + [str(y) for y in range(1900, 2100)]
     texts += [data.QA_PROMPT, "She He her his"]
     return texts
@@ -73,7 +73,7 @@ def make_tokenizer(cfg: dict):
     a pretrained model's own tokenizer (`model.pretrained`: hub id or local path)."""
     pretrained = cfg["model"].get("pretrained")
     if not pretrained:
-        return build_word_tokenizer(vocabulary_texts())
+        return build_word_tokenizer(vocabulary_texts(cfg["data"].get("templates", "default")))
     tok = load_tokenizer(resolve_pretrained(pretrained))
     if tok.bos_token is None:
         # The encoders prepend BOS; Qwen2 has none. Its end-of-text token is the document
@@ -117,11 +117,17 @@ def _history_summary(history: dict, every: int = 1) -> dict:
             "epochs": history["epochs"]}
 
 
-def _eval(model, tok, ds, split, cfg) -> dict:
+def _eval(model, tok, ds, split, cfg, per_question: bool = False) -> dict:
+    """QA exact match on a split; with per_question, also `per_question`: one row per question
+    (kl_utils.predictions.question_rows) for the run record."""
+    from kl_utils import predictions
     res = evaluate.evaluate_qa(model, tok, data.qa_examples(ds, split), batch_size=cfg["eval"]["batch_size"],
                                max_new_tokens=cfg["eval"]["max_new_tokens"], decoder=cfg["eval"].get("decoder", "kv"))
-    res["hits"] = [int(evaluate.exact_match(p, evaluate.as_decoded(tok, ex["answer"])))
-                   for p, ex in zip(res.pop("predictions"), data.qa_examples(ds, split))]
+    res["hits"] = [int(c) for c in res["correct"]]  # per question, in data.qa_examples order
+    if per_question:
+        res["per_question"] = predictions.question_rows(ds, split, res)
+    for key in ("predictions", "golds", "correct"):
+        res.pop(key)
     return res
 
 
@@ -161,8 +167,14 @@ BASE_DATA_KEYS = ("seed", "n_base", "n_train_templates", "base_paraphrases", "pe
                   "name_every_sentence")
 
 
+# Data settings the base model depends on only when a profile sets them (absent, they keep the
+# hashes of the base models made before the key existed).
+OPTIONAL_BASE_DATA_KEYS = ("templates",)
+
+
 def base_spec(cfg: dict) -> dict:
-    return canonical_spec({"data": {k: cfg["data"].get(k) for k in BASE_DATA_KEYS}, "model": cfg["model"],
+    data_keys = BASE_DATA_KEYS + tuple(k for k in OPTIONAL_BASE_DATA_KEYS if k in cfg["data"])
+    return canonical_spec({"data": {k: cfg["data"].get(k) for k in data_keys}, "model": cfg["model"],
                            "base": cfg["base"]})
 
 
@@ -362,6 +374,10 @@ def checkpoint_dir(profile: str, run_id: str) -> Path:
     return results_dir(profile) / "ckpt" / run_id
 
 
+# The splits whose per-question predictions a run record keeps (`predictions`: {split: [row, ...]}).
+PREDICTION_SPLITS = ("valid", "test")
+
+
 def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print) -> dict:
     """One arm and seed of the main protocol: (base model) -> CPT on the documents of every new
     person -> IT on the QA pairs of the train split -> exact match on train / valid / test.
@@ -411,8 +427,11 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
                            checkpoint=ckpt / "it.pt", checkpoint_every=every)
     timing["it_s"] = time.time() - t
     t = time.time()
+    per_question = {}
     for split in ("train", "valid", "test"):
-        res = _eval(model, tok, ds, split, cfg)
+        res = _eval(model, tok, ds, split, cfg, per_question=split in PREDICTION_SPLITS)
+        if split in PREDICTION_SPLITS:
+            per_question[split] = res.pop("per_question")
         metrics[f"{split}_em"] = res["em"]
         metrics[f"{split}_f1"] = res["f1"]
         metrics[f"{split}_em_per_attribute"] = res["em_per_attribute"]
@@ -431,7 +450,8 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
              "optimizer_steps": {k: len(h["step"]) for k, h in hist.items()},
              "timing": {k: round(v, 2) for k, v in timing.items()},
              "checkpoint": str(ckpt.relative_to(ckpt.parents[1])),
-             "history": {k: _history_summary(h) for k, h in hist.items()}}
+             "history": {k: _history_summary(h) for k, h in hist.items()},
+             "predictions": per_question}
     if pretrained_provenance(cfg):
         extra["pretrained"] = pretrained_provenance(cfg)
     if cpt_probe is not None:  # C1 per fact: {keys, heldout, train, qa_em} of the probed test people

@@ -25,14 +25,14 @@ from kl_utils.summary import verdict
 CONTEXTS = ("train", "heldout", "qa")
 
 
-def heldout_spans(row: dict, n_train_templates: int) -> list[list[int]]:
+def heldout_spans(row: dict, n_train_templates: int, templates: str = "default") -> list[list[int]]:
     """Character spans of the facts in `row["heldout_bio"]` (per attribute in bios.ATTRIBUTES order).
 
     The held-out biography is rendered in ATTRIBUTES order, every sentence starting with the full
     name, so each sentence is exactly one held-out template with its value: we match the template
     head, which makes the span exact (a plain `find` could hit the value inside a name)."""
     text, cursor, out = row["heldout_bio"], 0, []
-    _, pool = bios.split_templates(n_train_templates)
+    _, pool = bios.split_templates(n_train_templates, templates)
     pos = "her" if row["gender"] == "female" else "his"
     for attr in bios.ATTRIBUTES:
         value = row[attr]
@@ -86,14 +86,14 @@ def token_scores(model, seqs: list[list[int]], pad_id: int, batch_size: int = 12
     return out
 
 
-def probe(model, tok, people, n_train_templates: int, batch_size: int = 128) -> dict:
+def probe(model, tok, people, n_train_templates: int, batch_size: int = 128, templates: str = "default") -> dict:
     """Per-fact scores in the three contexts, and token-level losses (fact vs other tokens) in
     training and held-out documents. Returns {"facts": [row...], "tokens": {...}}; a fact row has
     person_id, split, attribute, context, loss (mean NLL per fact token), logprob (sum), acc (0/1)."""
     seqs, meta = [], []  # meta: (kind, row, positions per attribute)
     for row in people:
         for kind, text, spans in (("train", row["bios"][0], row["fact_spans"][0]),
-                                  ("heldout", row["heldout_bio"], heldout_spans(row, n_train_templates))):
+                                  ("heldout", row["heldout_bio"], heldout_spans(row, n_train_templates, templates))):
             ids, pos = encode_with_spans(tok, text, spans)
             seqs.append(ids)
             meta.append((kind, row, pos))
@@ -200,7 +200,8 @@ def probe_checkpoints(profile: str, cfg: dict, ds, tok, checkpoints, n_people: i
             continue
         t0 = time.time()
         model = AutoModelForCausalLM.from_pretrained(str(path))
-        res = probe(model, tok, test, cfg["data"]["n_train_templates"], cfg["analysis"]["probe_batch_size"])
+        res = probe(model, tok, test, cfg["data"]["n_train_templates"], cfg["analysis"]["probe_batch_size"],
+                    cfg["data"].get("templates", "default"))
         metrics = {**summarize(res["facts"]), **res["tokens"], "test_em": rec["metrics"]["test_em"]}
         extra = {"arm": rec["arm"], "source_run_id": rec["run_id"]}
         records.write_run_record(profile, run_id, kind="probe_arm", config={"n_people": n_people}, seed=rec["seed"],
@@ -210,17 +211,41 @@ def probe_checkpoints(profile: str, cfg: dict, ds, tok, checkpoints, n_people: i
     return out
 
 
-def _row(claim, comparison, budget, metric, a, b, d, lo, hi, n_seeds):
+def _row(claim, comparison, budget, metric, a, b, d, lo, hi, n_seeds, test="descriptive"):
     return {"claim": claim, "comparison": comparison, "budget": budget, "metric": metric, "mean_a": a, "mean_b": b,
             "diff": d, "ci_low": lo, "ci_high": hi, "n_seeds": n_seeds,
-            "verdict": verdict({"n": n_seeds, "low": lo, "high": hi})}
+            "verdict": verdict({"n": n_seeds, "low": lo, "high": hi}), "test": test}
+
+
+def stratified_fact_row(recs: list[dict]) -> dict | None:
+    """The primary C1 row: per fact, is a question answered more often when the model predicts the
+    fact in an unseen (held-out-template) paraphrase? One 2x2 table (held-out predicted x answered)
+    per run, so that differences between runs (arms, seeds, checkpoints of training) cannot create the
+    association: Cochran-Mantel-Haenszel test over the runs, effect = Mantel-Haenszel risk difference
+    of the answer rate (predicted minus not predicted) with its Sato-Greenland-Robins 95% CI."""
+    from kl_utils import meta
+    tables = []
+    for r in recs:
+        cells = two_by_two(r["final_facts"]["heldout"], r["final_facts"]["qa_em"])
+        tables.append([cells[(1, 1)], cells[(1, 0)], cells[(0, 1)], cells[(0, 0)]])
+    if not tables:
+        return None
+    cmh, rd = meta.cmh_test(tables), meta.mh_risk_difference(tables)
+    t = np.asarray(tables, dtype=float).sum(0)
+    row = _row("C1", "QA answer rate: fact predicted vs not predicted in a held-out paraphrase, stratified by run",
+               "per fact", f"answer rate, Mantel-Haenszel ({cmh['n']} facts in {cmh['strata']} runs; CMH chi2 {cmh['chi2']:.1f})",
+               float(t[2] / (t[2] + t[3])), float(t[0] / (t[0] + t[1])), rd["rd"], rd["low"], rd["high"],
+               len({r["seed"] for r in recs}), test="CMH (stratified by run)")
+    return {**row, "p_value": cmh["p"]}
 
 
 def claim_rows(recs: list[dict], n_boot: int = 2000) -> list[dict]:
     """C1 rows for results/<profile>/claims.csv from diversity and probe_arm records: the correlation
     of held-out-paraphrase fact accuracy with held-out QA EM over the main arms' runs (probe_arm) and
-    over checkpoints and paraphrase counts (diversity) (diff = r, CI by bootstrap over points), and per fact the answer-rate difference between facts predicted in
-    the unseen paraphrase and facts predicted only in the training context (bootstrap over facts)."""
+        over checkpoints and paraphrase counts (diversity) (diff = r, CI by bootstrap over points), and per fact the answer-rate difference between facts predicted in
+    the unseen paraphrase and facts predicted only in the training context (bootstrap over facts):
+    all descriptive (runs and checkpoints differ in more than the probe). The tested row is
+    stratified_fact_row, the per-fact association within each run."""
     rows = []
     arms = [r for r in recs if r.get("kind") == "probe_arm"]
     if len(arms) >= 3:
@@ -234,6 +259,7 @@ def claim_rows(recs: list[dict], n_boot: int = 2000) -> list[dict]:
     if not recs:
         return rows
     n_seeds = len({r["seed"] for r in recs})
+    rows.append(stratified_fact_row(recs))
     pts = checkpoint_points(recs)
     x, y = [p["heldout_acc"] for p in pts], [p["test_em"] for p in pts]
     for method in ("pearson", "spearman"):

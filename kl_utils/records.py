@@ -3,6 +3,7 @@ and wall time. Written atomically (temp file + rename): a crash never leaves a p
 Figures and tables are built only from these records."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -20,13 +21,19 @@ PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "nu
 
 
 def git_commit() -> str:
-    """HEAD commit, with '+dirty' when tracked files differ from it ('unknown' outside git)."""
+    """HEAD commit; when tracked files differ from it, '<sha>+dirty.<first 12 hex of the sha256 of
+    `git diff HEAD`>', so two records made from different uncommitted changes never share a commit
+    string ('unknown' outside git)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
+        if not dirty:
+            return head
+        diff = subprocess.run(["git", "diff", "HEAD", "--no-color", "--no-ext-diff"], cwd=ROOT, capture_output=True,
+                              check=True).stdout
+        return f"{head}+dirty.{hashlib.sha256(diff).hexdigest()[:12]}"
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -36,15 +36,27 @@ def _num(x, digits=3):
         return "—"
 
 
+def _ci_cell(diff, low, high) -> str:
+    if _num(diff) == "—":
+        return "—"
+    return f"{_num(diff)} [{_num(low)}, {_num(high)}]" if _num(low) not in ("—", "nan") else f"{_num(diff)} (no CI)"
+
+
 def claims_markdown(rows: list[dict]) -> str:
-    lines = ["| claim | the paper says | comparison (b vs a) | budget | metric | a | b | paired diff b − a [95% CI] | seeds | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | the paper says | comparison (b vs a) | budget | metric | a | b | within-pair diff b − a [95% CI] | seeds "
+             "| verdict | test | pairs | random effects over pairs [95% CI] | verdict over pairs | Holm verdict (family) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ci = f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if _num(r.get("ci_low")) not in ("—", "nan") else "(no CI)"
         arms = f": `{r['arm_b']}` vs `{r['arm_a']}`" if r.get("arm_a") else ""
+        test = r.get("test", "")
+        if claims.present(r.get("margin")):
+            test += f", margin {float(r['margin']):.2f}"
+        holm = f"**{r['verdict_holm']}** ({r['family']})" if claims.present(r.get("verdict_holm")) else "—"
         lines.append(f"| {r['claim']} | {PAPER.get(r['claim'], '')} | {r['comparison']}{arms} "
-                     f"| {r['budget']} | {r['metric']} | {_num(r['mean_a'])} | {_num(r['mean_b'])} | {_num(r['diff'], 3)} {ci} "
-                     f"| {r['n_seeds']} | **{r['verdict']}** |")
+                     f"| {r['budget']} | {r['metric']} | {_num(r['mean_a'])} | {_num(r['mean_b'])} "
+                     f"| {_ci_cell(r['diff'], r['ci_low'], r['ci_high'])} | {r['n_seeds']} | {r['verdict']} | {test} "
+                     f"| {r.get('n_pairs') or '—'} | {_ci_cell(r.get('re_diff'), r.get('re_ci_low'), r.get('re_ci_high'))} "
+                     f"| {r['re_verdict'] if claims.present(r.get('re_verdict')) else '—'} | {holm} |")
     return "\n".join(lines)
 
 
@@ -100,7 +112,8 @@ def controls_markdown(profile: str, cfg: dict) -> str:
     main = [r for r in rows if not r["comparison"].startswith("ablation:")]
     abl_text = f"""
 ### Ablations against AdamW (same optimizer steps)
-One row per ablation arm; with this many comparisons at 95% each, about one in twenty leaves 0 by chance.
+One row per ablation arm; with this many comparisons at 95% each, about one in twenty leaves 0 by chance:
+read the Holm verdict (family "ablations").
 
 {claims_markdown(abl)}
 """ if abl else ""
@@ -133,8 +146,15 @@ those records.
 {headline_markdown(arm_recs)}
 
 ## Claims
-Verdict: *supported* when the 95% CI of the paired difference is above 0, *contradicted* when below 0,
-*inconclusive* when it contains 0.
+Each row names its test (docs/statistics.md). *Superiority*: *supported* when the 95% CI of the paired
+difference is above 0, *contradicted* when below 0, *inconclusive* when it contains 0 (for flatness, lower is
+better). *Non-inferiority* (C5, margin 0.02 EM stated in STUDY.md): *non-inferior* when the CI's lower end is
+above −margin, *inferior* when its upper end is below −margin. *CMH*: the C1 per-fact test stratified by run
+(Mantel-Haenszel risk difference of the answer rate, Cochran-Mantel-Haenszel p). *Descriptive* rows (correlations)
+are not tested. "Within pair": over CPT seeds given one base model and one data draw (`verdict`). "Over pairs":
+random-effects meta-analysis over the (base model, data draw) pairs of `pairs:` in the profile (REML, Hartung-Knapp
+CI). The Holm verdict uses the over-pairs estimate where there are two or more pairs, else the within-pair one,
+Holm-Bonferroni adjusted within its family (headline, controls, ablations) at 0.05.
 
 {claims_markdown(rows)}
 

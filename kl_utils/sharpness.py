@@ -242,7 +242,8 @@ def claim_rows(recs: list[dict], a: str = "baseline", b: str = "sam") -> list[di
         rows.append({"claim": "C4", "comparison": f"{b} vs {a} (flatness; lower is flatter)",
                      "budget": "epochs", "metric": label,
                      "mean_a": stats.mean_ci(vals[a].values())["mean"], "mean_b": stats.mean_ci(vals[b].values())["mean"],
-                     "diff": d["mean"], "ci_low": d["low"], "ci_high": d["high"], "n_seeds": d["n"], "verdict": flipped})
+                     "diff": d["mean"], "ci_low": d["low"], "ci_high": d["high"], "n_seeds": d["n"], "verdict": flipped,
+                     "test": "superiority (lower is better)"})
     # does flatter go with better extraction? C4 predicts a negative correlation over the runs
     pts = [r for r in recs if r["arm"] in (a, b)]
     if len(pts) >= 3:
@@ -252,5 +253,5 @@ def claim_rows(recs: list[dict], a: str = "baseline", b: str = "sam") -> list[di
                      "budget": "epochs", "metric": "spearman r (negative: flatter extracts better)",
                      "mean_a": sum(x) / len(x), "mean_b": sum(y) / len(y), "diff": c["r"], "ci_low": c["low"],
                      "ci_high": c["high"], "n_seeds": len({r["seed"] for r in pts}),
-                     "verdict": verdict({"n": len(pts), "low": -c["high"], "high": -c["low"]})})
+                     "verdict": verdict({"n": len(pts), "low": -c["high"], "high": -c["low"]}), "test": "descriptive"})
     return rows

@@ -91,3 +91,84 @@ def bootstrap_corr_ci(x, y, method: str = "pearson", n_boot: int = 2000, seed: i
         return {"r": correlation(x, y, method), "low": float("nan"), "high": float("nan"), "n": n}
     return {"r": correlation(x, y, method), "low": boots[int(0.025 * (len(boots) - 1))],
             "high": boots[int(0.975 * (len(boots) - 1))], "n": n}
+
+
+# --- distributions and p-values (numpy / scipy-free: the CI and test of every claims row) ---
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+            last = d * c
+        if abs(last - 1.0) < 1e-14:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with df degrees of freedom."""
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_ppf(p: float, df: float) -> float:
+    """The p-quantile of Student's t (bisection on t_cdf; |error| < 1e-10)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_ppf: p must be in (0, 1), got {p}")
+    lo, hi = -1.0, 1.0
+    while t_cdf(lo, df) > p:
+        lo *= 2.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    while hi - lo > 1e-10:
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2.0
+
+
+def normal_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def p_two_sided(estimate: float, se: float, null: float = 0.0, df: float | None = None) -> float:
+    """Two-sided p-value of H0: parameter = null, from a t (df given) or normal (df None) statistic."""
+    if not se > 0 or math.isnan(estimate):
+        return float("nan")
+    z = abs(estimate - null) / se
+    return 2.0 * (1.0 - (t_cdf(z, df) if df is not None else normal_cdf(z)))
+
+
+def holm(p_values: list) -> list:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone); None / nan entries stay nan and do not
+    count towards the number of tests."""
+    idx = [i for i, p in enumerate(p_values) if p is not None and not math.isnan(p)]
+    out = [float("nan")] * len(p_values)
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out

@@ -135,3 +135,89 @@ def test_across_tolerates_rows_without_a_difference(monkeypatch, tmp_path):
         "C1,corr,arms,pearson r,0.0,0.0,,,,2,inconclusive,,,\n")
     assert claims.across(["p"])[0]["p"] == "n/a inconclusive (n=2)"
     assert claims.across_long(["p"], metric="pearson r") == []
+
+
+def _write_pair(profile, arm, seed, test, base="base-A", data_seed=0):
+    records.write_run_record(profile, f"{arm}-s{seed}", kind="arm", config={"arm": arm, "data": {"seed": data_seed}},
+                             seed=seed, metrics={"test_em": test, "valid_em": 0.5}, wall_time_s=1.0,
+                             extra={"arm": arm, "base_run_id": base})
+
+
+def test_c5_rows_are_non_inferiority_rows_with_their_margin(profile):
+    """format + SAM vs format alone: -0.01 with a tight CI is non-inferior at margin 0.02 (the
+    superiority rule would call it contradicted); -0.05 is inferior."""
+    for s, (f, fs, sam) in enumerate([(0.30, 0.290, 0.20), (0.33, 0.321, 0.26), (0.31, 0.299, 0.21)]):
+        _write(profile, "format_steps@lrx2.0", s, f)  # lr variants count as their arm
+        _write(profile, "format_sam_steps", s, fs)
+        _write(profile, "sam_every4", s, sam)
+    rows = {(r["arm_a"], r["arm_b"]): r for r in claims.build(profile)}
+    assert claims.verdicts.NI_MARGIN == 0.02
+    ni = claims.verdicts.annotate([{**rows[("format_steps", "format_sam_steps")]} | {"arm_a": "format_steps@lrx2.0"}])[0]
+    assert ni["test"] == "non-inferiority" and ni["margin"] == 0.02
+    vs_format = rows[("format_steps", "format_sam_steps")]
+    assert vs_format["diff"] == pytest.approx(-0.01) and vs_format["ci_low"] > -0.02 and vs_format["ci_high"] < 0
+    assert vs_format["verdict"] == "non-inferior" and vs_format["test"] == "non-inferiority"
+    vs_sam = rows[("sam", "format_sam_steps")]  # +0.07 .. +0.09: non-inferior (and better)
+    assert vs_sam["verdict"] == "non-inferior"
+    for s, v in enumerate([0.25, 0.27, 0.26]):
+        _write(profile, "format_sam_steps", s, v)
+    vs_format = {(r["arm_a"], r["arm_b"]): r for r in claims.build(profile)}[("format_steps", "format_sam_steps")]
+    assert vs_format["verdict"] == "inferior" and vs_format["verdict_holm"] == "inferior"
+    other = {(r["arm_a"], r["arm_b"]): r for r in claims.build(profile)}
+    assert other[("baseline", "format_steps")]["test"] == "superiority"
+    assert other[("baseline", "sam_every4")]["family"] == "ablations"
+    assert other[("baseline", "format_steps")]["family"] == "headline"
+
+
+def test_holm_within_families_next_to_unadjusted_verdicts(profile):
+    """Each family's p-values are Holm-adjusted among themselves only; an unadjusted `supported`
+    whose adjusted p exceeds 0.05 becomes inconclusive in verdict_holm (never the other way)."""
+    for s, v in enumerate([0.25, 0.31, 0.28]):  # diffs 0.05, 0.09, 0.07: t = 6.06, p = 0.026 (x2 > 0.05)
+        _write(profile, "format", s, v)
+    rows = claims.build(profile)
+    headline = [r for r in rows if r["family"] == "headline"]
+    p = [r["p_value"] for r in headline]
+    assert [r["p_holm"] for r in headline] == pytest.approx(claims.stats.holm(p))
+    weak = next(r for r in headline if r["arm_b"] == "format")
+    assert weak["verdict"] == "supported" and weak["p_value"] < 0.05 < weak["p_holm"]
+    assert weak["verdict_holm"] == "inconclusive" and weak["primary"] == "within pair" and weak["n_pairs"] == 1
+    strong = next(r for r in headline if r["arm_b"] == "format_steps")
+    assert strong["verdict_holm"] == "supported"
+    import pandas as pd  # notebooks pass rows through a DataFrame: missing cells come back as nan
+    lines = claims.describe(pd.DataFrame(rows).to_dict("records"))
+    assert any("Holm (headline): INCONCLUSIVE" in line and "format 0.280" in line for line in lines)
+    assert not any("nan" in line.split("->", 1)[1] for line in lines)
+    text = claims.to_csv(rows)
+    header = text.splitlines()[0].split(",")
+    assert header[:14] == claims.COLUMNS[:14] and header[14:] == claims.verdicts.COLUMNS
+
+
+def test_random_effects_over_base_model_pairs(monkeypatch, tmp_path):
+    """Three profiles = three base models: the C3 row of each carries the within-pair CI of its own
+    seeds and the random-effects estimate over the three pairs (REML + Hartung-Knapp), which becomes
+    the primary estimate of the Holm verdict."""
+    from kl_utils import config, meta
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.delenv("KL_RESULTS_ROOT", raising=False)
+    monkeypatch.setattr(config, "load_config", lambda prof=None, cfg=None: (prof, {}))
+    monkeypatch.setattr(claims, "current_arm_records", lambda prof, cfg=None: records.load_run_records(prof, kind="arm"))
+    effects = {"pa": [0.05, 0.07, 0.06], "pb": [0.10, 0.13, 0.12, 0.11], "pc": [0.01]}
+    for i, (prof, diffs) in enumerate(effects.items()):
+        for s, d in enumerate(diffs):
+            _write_pair(prof, "baseline", s, 0.2, base=f"base-{prof}")
+            _write_pair(prof, "format_steps", s, 0.2 + d, base=f"base-{prof}")
+    cfg = {"pairs": ["pa", "pb", "pc"]}
+    row = next(r for r in claims.build("pa", cfg) if r["arm_b"] == "format_steps")
+    expected = meta.meta_of_pairs([effects["pa"], effects["pb"], effects["pc"]])
+    assert row["n_seeds"] == 3 and row["diff"] == pytest.approx(0.06)  # within pair: pa's seeds only
+    assert row["n_pairs"] == 3 and row["pair_profiles"] == "pa pb pc" and row["primary"] == "random effects"
+    assert (row["re_diff"], row["re_ci_low"], row["re_ci_high"]) == pytest.approx(
+        (expected["mu"], expected["low"], expected["high"]))
+    assert row["re_verdict"] == ("supported" if expected["low"] > 0 else "inconclusive")
+    assert row["run_ids"].split() == sorted(f"{a}-s{s}" for a in ("baseline", "format_steps") for s in range(3))
+    # a profile not among its own pairs, or without pairs: within pair only
+    assert next(r for r in claims.build("pa", None) if r["arm_b"] == "format_steps")["n_pairs"] == 1
+    # two profiles on the same base model and data draw are one pair, not two
+    _write_pair("pd", "baseline", 0, 0.2, base="base-pa")
+    with pytest.raises(ValueError, match="share base model and data draw"):
+        claims.build("pa", {"pairs": ["pa", "pd"]})

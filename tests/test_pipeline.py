@@ -31,6 +31,14 @@ def test_pipeline_writes_records_and_caches_base(tiny_cfg, tmp_path):
         assert 0.0 <= arm["metrics"][key] <= 1.0
     assert arm["n_cpt_documents"] == 20 and arm["n_it_examples"] == 10 * 6
     assert arm["env"]["git_commit"] and arm["env"]["packages"]["transformers"]
+    # per-question predictions of the held-out splits, consistent with the aggregate metrics
+    from kl_utils import predictions
+    assert set(arm["predictions"]) == {"valid", "test"}
+    test_rows = predictions.rows_of(arm, "test")
+    assert len(test_rows) == 6 * sum(1 for r in ds if r["split"] == "test")
+    assert set(test_rows[0]) == {"question_id", "person_id", "person", "attribute", "prediction", "gold", "correct"}
+    assert sum(r["correct"] for r in test_rows) / len(test_rows) == pytest.approx(arm["metrics"]["test_em"])
+    assert predictions.em_by_attribute(test_rows) == pytest.approx(arm["metrics"]["test_em_per_attribute"])
     # the base model is cached: a second arm reuses it instead of training again
     base_dirs = list((tmp_path / "results" / "toy" / "cache").glob("base-*"))
     assert len(base_dirs) == 1

@@ -67,11 +67,31 @@ def test_claim_rows_from_records():
     facts = {"heldout": [1, 1, 0, 0, 0], "train": [1, 1, 1, 1, 0], "qa_em": [1, 1, 0, 0, 0]}
     recs = [rec(s, 1, [0.1 * i for i in range(1, 5)], [0.1 * i + 0.01 * s for i in range(1, 5)], facts) for s in range(3)]
     rows = probe.claim_rows(recs, n_boot=200)
-    keys = ["claim", "comparison", "budget", "metric", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "n_seeds", "verdict"]
-    assert [list(r) for r in rows] == [keys] * 3
-    pearson, spearman, per_fact = rows
+    keys = ["claim", "comparison", "budget", "metric", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "n_seeds", "verdict",
+            "test"]
+    assert [list(r) for r in rows] == [keys + ["p_value"]] + [keys] * 3
+    stratified, pearson, spearman, per_fact = rows
     assert pearson["diff"] > 0.9 and spearman["verdict"] == "supported"
+    assert {pearson["test"], spearman["test"], per_fact["test"]} == {"descriptive"}
     assert per_fact["mean_b"] == 1.0 and per_fact["mean_a"] == 0.0 and per_fact["verdict"] == "supported"
+    assert stratified["test"] == "CMH (stratified by run)" and stratified["diff"] == pytest.approx(1.0)
+    assert "15 facts in 3 runs" in stratified["metric"] and stratified["p_value"] < 0.01
+
+
+def test_stratified_fact_row_removes_between_run_association():
+    """Two runs, each with no association between predicting a fact in a held-out paraphrase and
+    answering its question; the better run predicts and answers more: pooled facts show a strong
+    association (the unstratified bootstrap row), the per-run CMH row none."""
+    def rec(seed, h, a):
+        return {"kind": "diversity", "run_id": f"r{seed}", "seed": seed, "paraphrases": 1, "passes": 1,
+                "history": [{"passes": 1, "test_heldout_acc": sum(h) / len(h), "test_heldout_loss": 0.0,
+                             "test_em": sum(a) / len(a)}],
+                "final_facts": {"heldout": h, "train": [1] * len(h), "qa_em": a}}
+    good = rec(0, [1] * 80 + [0] * 20, [1] * 72 + [0] * 8 + [1] * 18 + [0] * 2)     # 0.9 vs 0.9
+    bad = rec(1, [1] * 20 + [0] * 80, [1] * 2 + [0] * 18 + [1] * 8 + [0] * 72)      # 0.1 vs 0.1
+    row = probe.stratified_fact_row([good, bad])
+    assert row["diff"] == pytest.approx(0.0, abs=1e-12) and row["verdict"] == "inconclusive" and row["p_value"] > 0.5
+    assert row["mean_b"] == pytest.approx(0.74) and row["mean_a"] == pytest.approx(0.26)  # pooled answer rates
 
 
 def test_probe_checkpoints_of_main_arms(tok, people, tmp_path, monkeypatch):

@@ -36,3 +36,29 @@ def test_mean_ci():
 def test_paired_diff_uses_shared_seeds():
     d = stats.paired_diff_ci({0: 0.1, 1: 0.2, 2: 0.3}, {0: 0.2, 1: 0.3, 2: 0.4, 3: 9.0})
     assert d["mean"] == pytest.approx(0.1) and d["seeds"] == [0, 1, 2] and d["half_width"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_git_commit_names_the_uncommitted_diff(tmp_path, monkeypatch):
+    """A dirty tree is recorded as '<sha>+dirty.<hash of git diff HEAD>': the same change gives the
+    same string, another change another one, untracked files do not count."""
+    import hashlib
+    import subprocess
+    git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True).stdout
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "root")
+    (tmp_path / "a.txt").write_text("one\n")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a")
+    monkeypatch.setattr(records, "ROOT", tmp_path)
+    head = git("rev-parse", "HEAD").decode().strip()
+    assert records.git_commit() == head
+    (tmp_path / "untracked.txt").write_text("x")
+    assert records.git_commit() == head
+    (tmp_path / "a.txt").write_text("two\n")
+    first = records.git_commit()
+    assert first == f"{head}+dirty.{hashlib.sha256(git('diff', 'HEAD', '--no-color', '--no-ext-diff')).hexdigest()[:12]}"
+    assert records.git_commit() == first
+    (tmp_path / "a.txt").write_text("three\n")
+    assert records.git_commit().startswith(f"{head}+dirty.") and records.git_commit() != first
+    monkeypatch.setattr(records, "ROOT", tmp_path / "nowhere")
+    assert records.git_commit() == "unknown"

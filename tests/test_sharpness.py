@@ -86,9 +86,11 @@ def test_claim_rows_sign_and_verdict():
     recs = [rec("baseline", s, 1.0 + 0.01 * s, 10.0 + s, 0.2) for s in range(3)] + \
            [rec("sam", s, 0.5 + 0.02 * s, 10.0 + s * 1.5, 0.25) for s in range(3)]
     rows = sharpness.claim_rows(recs)
-    keys = ["claim", "comparison", "budget", "metric", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "n_seeds", "verdict"]
+    keys = ["claim", "comparison", "budget", "metric", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "n_seeds", "verdict",
+            "test"]
     assert all(list(r) == keys for r in rows)
     wc, eig, corr = rows
+    assert wc["test"] == eig["test"] == "superiority (lower is better)" and corr["test"] == "descriptive"
     assert wc["diff"] == pytest.approx(-0.49) and wc["verdict"] == "supported"   # SAM flatter: supports C4
     assert eig["verdict"] == "inconclusive"
     assert corr["diff"] < 0 and corr["metric"].startswith("spearman")
