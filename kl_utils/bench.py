@@ -92,7 +92,7 @@ def variant_config(cfg: dict, variant: str) -> dict:
 
 
 # ---------------------------------------------------------------- training throughput
-def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir, optim=None):
+def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir, optim=None, bf16=False):
     from transformers import Trainer, TrainingArguments
     counted = []
 
@@ -106,7 +106,7 @@ def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir, optim=
         adam_beta2=cfg["betas"][1], warmup_steps=max(1, int(cfg["warmup_frac"] * n_steps)),
         lr_scheduler_type="cosine", max_grad_norm=cfg["grad_clip"], logging_strategy="no",
         save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=seed,
-        dataloader_num_workers=0, remove_unused_columns=False, **({"optim": optim} if optim else {}))
+        dataloader_num_workers=0, remove_unused_columns=False, bf16=bf16, **({"optim": optim} if optim else {}))
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its summary dict
@@ -421,6 +421,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     ap.add_argument("--end-to-end", action="store_true", help="also time make reproduce PROFILE=smoke and make test")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (about 2-3 minutes)")
+    ap.add_argument("--llm", action="store_true", help="also the cpu-llm figures on SmolLM2 (kl_utils.bench_llm, ~12 min)")
     ap.add_argument("--packing-check", action="store_true", help="held-out QA per batching mode (~10+ min)")
     ap.add_argument("--implementation-check", action="store_true",
                     help="only print the held-out EM of the fast vs the previous implementation (reads records)")
@@ -468,6 +469,12 @@ def main(argv=None) -> dict:
     th = threads_bench(cfg, tok, docs, compile_timeout=300 if args.compile else None)
     figures.update({k: v for k, v in th.items() if k.endswith(("_over_1", "_over_0", "_2thread", "speedup"))})
     extra["threads"] = th
+    if args.llm:
+        print("the pretrained model of cpu-llm (SmolLM2-135M): ours vs HF Trainer, SAM / AdamW, bf16 / fp32")
+        from kl_utils import bench_llm
+        llm = bench_llm.run()
+        figures.update({k: v for k, v in llm.items() if k.endswith(("_over_hf_trainer", "_over_adamw", "_over_fp32"))})
+        extra["llm"] = llm
     if args.packing_check:
         extra["packing_check"] = packing_check()
     figures.update(end_to_end() if args.end_to_end else {"smoke_reproduce_s": "not run", "test_s": "not run"})

@@ -176,11 +176,13 @@ def analysis_records(profile: str, cfg: dict | None) -> dict[str, list[dict]]:
     runs of the current data / model / analysis config, and probe / sharpness measurements of the
     current main-experiment runs."""
     from kl_utils import diversity
-    current = {r["run_id"] for r in current_arm_records(profile, cfg)}
+    arm_recs = current_arm_records(profile, cfg)
+    current = {r["run_id"] for r in arm_recs}
+    probed = [r for r in arm_recs if r.get("final_facts")]  # arms probed right after CPT (analysis.probe_after_cpt)
     div = diversity.load_records(profile, cfg) if cfg is not None else records.load_run_records(profile, kind="diversity")
     of_current = lambda kind: [r for r in records.load_run_records(profile, kind=kind) if r.get("source_run_id") in current]
     probe_arm, sharp = of_current("probe_arm"), of_current("sharpness")
-    return {"kl_utils.probe": div + probe_arm, "kl_utils.diversity": div, "kl_utils.sharpness": sharp}
+    return {"kl_utils.probe": div + probe_arm + probed, "kl_utils.diversity": div, "kl_utils.sharpness": sharp}
 
 
 def analysis_rows(profile: str, cfg: dict | None = None) -> list[dict]:

@@ -217,7 +217,7 @@ def _row(claim, comparison, budget, metric, a, b, d, lo, hi, n_seeds, test="desc
             "verdict": verdict({"n": n_seeds, "low": lo, "high": hi}), "test": test}
 
 
-def stratified_fact_row(recs: list[dict]) -> dict | None:
+def stratified_fact_row(recs: list[dict], runs: str = "run") -> dict | None:
     """The primary C1 row: per fact, is a question answered more often when the model predicts the
     fact in an unseen (held-out-template) paraphrase? One 2x2 table (held-out predicted x answered)
     per run, so that differences between runs (arms, seeds, checkpoints of training) cannot create the
@@ -232,7 +232,7 @@ def stratified_fact_row(recs: list[dict]) -> dict | None:
         return None
     cmh, rd = meta.cmh_test(tables), meta.mh_risk_difference(tables)
     t = np.asarray(tables, dtype=float).sum(0)
-    row = _row("C1", "QA answer rate: fact predicted vs not predicted in a held-out paraphrase, stratified by run",
+    row = _row("C1", f"QA answer rate: fact predicted vs not predicted in a held-out paraphrase, stratified by {runs}",
                "per fact", f"answer rate, Mantel-Haenszel ({cmh['n']} facts in {cmh['strata']} runs; CMH chi2 {cmh['chi2']:.1f})",
                float(t[2] / (t[2] + t[3])), float(t[0] / (t[0] + t[1])), rd["rd"], rd["low"], rd["high"],
                len({r["seed"] for r in recs}), test="CMH (stratified by run)")
@@ -247,6 +247,9 @@ def claim_rows(recs: list[dict], n_boot: int = 2000) -> list[dict]:
     all descriptive (runs and checkpoints differ in more than the probe). The tested row is
     stratified_fact_row, the per-fact association within each run."""
     rows = []
+    probed = [r for r in recs if r.get("kind") == "arm" and r.get("final_facts")]  # probe_after_cpt (cpu-llm)
+    if probed:
+        rows.append(stratified_fact_row(probed, runs="main-experiment run (probe after CPT)"))
     arms = [r for r in recs if r.get("kind") == "probe_arm"]
     if len(arms) >= 3:
         x, y = [r["metrics"]["heldout_acc"] for r in arms], [r["metrics"]["test_em"] for r in arms]

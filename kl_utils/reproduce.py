@@ -35,8 +35,12 @@ KERNEL = "kl-study"
 QUIET = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 
 
-def notebooks() -> list[Path]:
-    return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+def notebooks(cfg: dict | None = None) -> list[Path]:
+    """The notebooks of a profile, in order: all of them, or those whose number is in the profile's
+    `notebooks:` list (cpu-llm leaves out the C2 sweep and the sharpness of saved checkpoints,
+    which it covers with arms or does not keep checkpoints for)."""
+    wanted = (cfg or {}).get("notebooks")
+    return [nb for nb in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")) if wanted is None or int(nb.name[:2]) in wanted]
 
 
 def read_profiles(cfg: dict) -> list[str]:
@@ -58,7 +62,7 @@ def run_notebooks(profile: str, out_dir: Path, env: dict, log=print) -> dict[str
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        for nb in notebooks():
+        for nb in notebooks(params["config"]):
             log(f"== {nb.name} (profile {profile})")
             t0 = time.time()
             papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, kernel_name=KERNEL,

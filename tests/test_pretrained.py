@@ -95,3 +95,13 @@ def test_cpu_llm_protocol_runs_two_steps_per_stage(smollm2, monkeypatch, tmp_pat
     assert 0 <= out["metrics"]["probe_heldout_acc"] <= 1 and 0 <= out["metrics"]["test_em"] <= 1
     seed0 = experiment.arm_spec(cfg, "sam", 0)[1]["data"]["seed"]
     assert experiment.arm_spec(cfg, "sam", 1)[1]["data"]["seed"] == seed0 + 1  # each seed its own draw of people
+
+
+def test_llm_bench_runs_at_one_update(smollm2, monkeypatch, tmp_path):
+    """make bench's SmolLM2 figures, at one update per variant: every figure is a positive finite ratio."""
+    from kl_utils import bench_llm
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    out = bench_llm.run(steps=1, rounds=1, verbose=False)
+    for key in ("llm_train_over_hf_trainer", "llm_sam_over_adamw", "llm_bf16_over_fp32"):
+        assert 0 < out[key] < 100 and math.isfinite(out[key]), (key, out[key])
+    assert out["details"]["labelled_tokens"]["hf"] > 0
