@@ -44,10 +44,11 @@ def notebooks(cfg: dict | None = None) -> list[Path]:
 
 
 def read_profiles(cfg: dict) -> list[str]:
-    """Profiles whose records the notebooks of a profile read but do not produce (notebook 06)."""
+    """Profiles whose records the notebooks of a profile read but do not produce (notebook 06's
+    controls and base models; the profiles its report sets `beside` it)."""
     controls = cfg.get("controls") or {}
     out = [] if controls.get("run", True) else [controls.get("profile")]
-    return [p for p in dict.fromkeys(out + list(controls.get("base_models") or [])) if p]
+    return [p for p in dict.fromkeys(out + list(controls.get("base_models") or []) + list(cfg.get("beside") or [])) if p]
 
 
 def run_notebooks(profile: str, out_dir: Path, env: dict, log=print) -> dict[str, int]:
