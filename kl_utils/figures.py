@@ -279,3 +279,18 @@ def across_figure(long: pd.DataFrame):
     ax.legend(title="profile", loc="best", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def it_curves_frame(recs: list[dict], arms=tuple(HEADLINE["steps"])) -> pd.DataFrame:
+    """QA exact match after every IT epoch (eval.per_epoch), train and test people, of the given arms' runs."""
+    return pd.DataFrame([{"arm": r["arm"], "seed": r["seed"], "IT epoch": e["epoch"], "split": s, "exact match": e[f"{s}_em"]}
+                         for r in recs if r["arm"] in arms
+                         for e in r["history"].get("it", {}).get("epochs", []) for s in ("train", "test")])
+
+
+def it_curves_figure(ep: pd.DataFrame):
+    """QA exact match over IT epochs per arm (mean, 95% CI over seeds), train and test people as line styles."""
+    g = sns.relplot(data=ep, x="IT epoch", y="exact match", hue="arm", style="split", kind="line", marker="o",
+                    errorbar=("ci", 95), height=3.6, aspect=1.8)
+    g.set(ylim=(0, 1), title="QA exact match during IT")
+    return g.figure

@@ -80,3 +80,20 @@ def test_ablation_frame_and_figures_from_ablation_arms():
     for fig in (figures.ablation_figure(abl, baseline=0.1), figures.rho_k_figure(abl), figures.rho_k_figure(abl, baseline=0.1)):
         assert fig is not None
         plt.close(fig)
+
+
+def test_it_curves_frame_and_figure():
+    def rec(arm, seed, per_epoch=True):
+        r = _rec(arm, seed, 0.2)
+        epochs = [{"epoch": e, "train_em": e / 4, "test_em": e / 16} for e in (1, 2, 3)]
+        return {**r, "history": {"it": {"epochs": epochs}} if per_epoch else {}}
+    recs = [rec(a, s) for a in ("baseline", "sam", "sam_every4") for s in range(2)] + [rec("format_steps", 0, False)]
+    ep = figures.it_curves_frame(recs)
+    assert set(ep.arm) == {"baseline", "sam"} and len(ep) == 2 * 2 * 3 * 2  # arms x seeds x epochs x splits
+    assert ep[(ep.arm == "sam") & (ep.split == "train") & (ep["IT epoch"] == 3)]["exact match"].tolist() == [0.75, 0.75]
+    fig = figures.it_curves_figure(ep)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "IT epoch" and ax.get_ylim() == (0, 1) and ax.get_title() == "QA exact match during IT"
+    assert len([ln for ln in ax.get_lines() if len(ln.get_xdata())]) == 2 * 2  # arm x split (mean over seeds)
+    assert figures.it_curves_frame([rec("baseline", 0, False)]).empty
+    plt.close(fig)
