@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from kl_utils import bios, data, evaluate, records
+from kl_utils.arms import ARM_KEYS, BUDGETS, ORDERS, all_arms, arm_spec, seed_config  # noqa: F401 (re-exported)
 from kl_utils.config import canonical_spec, config_hash
 from kl_utils.model import build_model, n_parameters
 from kl_utils.paths import cache_dir, data_dir
@@ -151,15 +152,6 @@ def _hits_of(keys: list, ds, hits: list[int]) -> list[int]:
     return [by_key[tuple(k)] for k in keys]
 
 
-def seed_config(cfg: dict, seed: int) -> dict:
-    """The config of one seed's run. With `data.draw_per_seed`, each seed is also its own data draw
-    (new people from data.seed + seed): the unit of replication is then the data draw, not only the
-    CPT seed (a pretrained model has no base-model draw to vary)."""
-    if not cfg["data"].get("draw_per_seed"):
-        return cfg
-    return {**cfg, "data": {**cfg["data"], "seed": cfg["data"]["seed"] + seed}}
-
-
 # The data settings the base model depends on. People are generated base population first, from
 # one seeded stream, so the base people do not change with n_new or the splits of the new ones
 # (tests/test_data.py checks that): every profile variant with the same base shares its cache.
@@ -291,72 +283,6 @@ def it_examples(people_ds, split, it_cfg: dict, seed: int) -> list[dict]:
                                                              families=aug.get("families"), protect=[ex["name"]]):
                 out.append(dict(ex, prompt=prompt, answer=answer))
     return out
-
-
-ARM_KEYS = ("cpt", "it", "budget", "order")
-BUDGETS = ("epochs", "steps")
-ORDERS = ("standard", "pit")
-
-
-def all_arms(cfg: dict) -> dict:
-    """The profile's `arms:`, plus the arms its `ablations:` generate:
-      rho: [...]        -> sam_rho<v>                    (SAM at each rho)
-      k: [...]          -> format_k<k>_steps             (k formatted copies, step-matched)
-      families: [...]   -> format_<family>_steps         (one augmentation family alone, k=1)
-      rho_k: true       -> format_sam_k<k>_rho<v>_steps  (the rho x k grid)
-      lr: {arms: [...], factors: [...]} -> <arm>@lrx<f>  (learning-rate variants, for tuning on valid)
-    """
-    arms = dict(cfg.get("arms") or {})
-    abl = cfg.get("ablations") or {}
-    sam = {"optimizer": "sam"}
-    for rho in abl.get("rho", []):
-        arms.setdefault(f"sam_rho{rho}", {"cpt": {**sam, "rho": rho}})
-    for k in abl.get("k", []):
-        arms.setdefault(f"format_k{k}_steps", {"budget": "steps", "cpt": {"augmentation": {"k": k}}})
-    for fam in abl.get("families", []):
-        arms.setdefault(f"format_{fam}_steps", {"budget": "steps", "cpt": {"augmentation": {"k": 1, "families": [fam]}}})
-    if abl.get("rho_k"):
-        for k in abl.get("k", []):
-            for rho in abl.get("rho", []):
-                arms.setdefault(f"format_sam_k{k}_rho{rho}_steps", {
-                    "budget": "steps", "cpt": {**sam, "rho": rho, "augmentation": {"k": k}}})
-    lr = abl.get("lr") or {}
-    for arm in lr.get("arms", []):
-        if arm != "baseline" and arm not in arms:
-            raise ValueError(f"ablations.lr.arms names {arm!r}, which is not an arm of the profile "
-                             f"(arms: baseline, {', '.join(sorted(arms))})")
-        base = {} if arm == "baseline" else arms[arm]
-        for f in lr.get("factors", []):
-            stage_lr = {st: {"lr": cfg[st]["lr"] * f} for st in ("cpt",)}
-            from kl_utils.config import merge
-            arms.setdefault(f"{arm}@lrx{f}", merge(base, stage_lr))
-    return arms
-
-
-def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
-    """(the arm's settings, everything its result depends on, its run id).
-
-    An arm (profile `arms:`) overrides `cpt` / `it` settings and may set
-    budget: epochs (default; the paper's setting: augmentation adds tokens and steps) or steps
-      (CPT and IT run exactly as many optimizer steps as the baseline's, whatever the data);
-    order: standard (default: CPT, then IT) or pit (pre-instruction-tuning, Jiang et al. 2024:
-      first the train half's QA pairs mixed with their documents, then CPT on all documents).
-    """
-    from kl_utils.config import merge
-    cfg = seed_config(cfg, seed)
-    arms = all_arms(cfg)
-    if arm != "baseline" and arm not in arms:
-        raise ValueError(f"unknown arm {arm!r}; defined: baseline, {', '.join(arms)}")
-    override = arms.get(arm) or {}
-    unknown = set(override) - set(ARM_KEYS)
-    if unknown:
-        raise ValueError(f"arm {arm!r}: unknown keys {sorted(unknown)}; valid: {', '.join(ARM_KEYS)}")
-    arm_cfg = merge({"cpt": cfg["cpt"], "it": cfg["it"], "budget": "epochs", "order": "standard"}, override)
-    if arm_cfg["budget"] not in BUDGETS or arm_cfg["order"] not in ORDERS:
-        raise ValueError(f"arm {arm!r}: budget must be one of {BUDGETS}, order one of {ORDERS}")
-    spec = canonical_spec({"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "eval": cfg["eval"],
-                           **arm_cfg})
-    return arm_cfg, spec, f"{arm}-s{seed}-{config_hash(spec)}"
 
 
 def baseline_steps(cfg: dict, ds) -> dict:
