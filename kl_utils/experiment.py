@@ -23,6 +23,7 @@ from kl_utils.model import build_model, n_parameters
 from kl_utils.paths import cache_dir, data_dir
 from kl_utils.pretrained import provenance as pretrained_provenance
 from kl_utils.pretrained import resolve as resolve_pretrained
+from kl_utils.schema import default
 from kl_utils.tokenizer import build_word_tokenizer, load_tokenizer
 from kl_utils.train import get_accelerator, set_seed, train
 
@@ -52,9 +53,9 @@ def prepare_data(profile: str, cfg: dict, force: bool = False):
     root = data_dir(profile) / f"{'documents' if source else 'people'}-{key}"
     if force or not (root / "people").exists() or not (root / "tokenizer").exists():
         if source:
-            docs = documents.load_documents(source, format=cfg["data"].get("format", "auto"),
+            docs = documents.load_documents(source, format=cfg["data"].get("format", default("data.format")),
                                             splits=cfg["data"].get("splits"))
-            ds = documents.as_people(docs, valid_frac=cfg["data"].get("valid_frac", 0.1))
+            ds = documents.as_people(docs, valid_frac=cfg["data"].get("valid_frac", default("data.valid_frac")))
         else:
             ds = data.build_people(cfg["data"])
         tok = make_tokenizer(cfg)
@@ -91,7 +92,8 @@ def initial_model(profile: str, cfg: dict, ds, tok, seed: int, log=print):
     pretrained = cfg["model"].get("pretrained")
     if pretrained:
         from kl_utils.model import load_model
-        model = load_model(resolve_pretrained(pretrained), dtype=getattr(torch, cfg["model"].get("dtype", "float32")))
+        dtype = getattr(torch, cfg["model"].get("dtype", default("model.dtype")))
+        model = load_model(resolve_pretrained(pretrained), dtype=dtype)
         n_embed = model.get_input_embeddings().weight.shape[0]
         if len(tok) > n_embed:
             raise ValueError(f"{pretrained}: tokenizer has {len(tok)} tokens, the model's embedding {n_embed}")
@@ -100,7 +102,7 @@ def initial_model(profile: str, cfg: dict, ds, tok, seed: int, log=print):
             (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         log(f"pretrained model {pretrained}: {n_parameters(model):,} parameters")
         return model, None
-    if cfg["base"].get("enabled", True):
+    if cfg["base"].get("enabled", default("base.enabled")):
         model, base_record = base_model(profile, cfg, ds, tok, log=log)
         return copy.deepcopy(model), base_record
     return build_model(cfg["model"], tok, seed=seed), None
@@ -318,7 +320,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
         steps = baseline_steps(cfg, ds)
         cpt_cfg["max_steps"], it_cfg["max_steps"] = steps["cpt"], steps["it"]
     ckpt = checkpoint_dir(profile, run_id)
-    every = cfg.get("checkpoint_every", 200)
+    every = cfg.get("checkpoint_every", default("checkpoint_every"))
     timing = {}
     t0 = time.time()
     torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
@@ -366,7 +368,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
             metrics.update({f"probe_{k}": v for k, v in cpt_probe["summary"].items()})
     timing["eval_s"] += time.time() - t
     main_process = get_accelerator().is_main_process  # under DDP one process writes models and record
-    if main_process and cfg.get("keep_models", True):
+    if main_process and cfg.get("keep_models", default("keep_models")):
         _save_models(model, after_cpt, ckpt)
     elif main_process:  # only the record stays (a pretrained model's checkpoints are ~1 GB a run)
         shutil.rmtree(ckpt, ignore_errors=True)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from kl_utils import experiment, records
 from kl_utils.config import load_config
 from kl_utils.parent_watch import die_with_parent
+from kl_utils.schema import default
 from kl_utils.train import total_steps
 
 
@@ -99,7 +100,7 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     """Run every cell that has no record yet; returns the arm records of all cells."""
     ds, tok, _ = experiment.prepare_data(profile, cfg)
     todo = cell_records(profile, cfg, cells)[1]
-    if todo and cfg["base"].get("enabled", True):  # once, with all threads, before the workers need it
+    if todo and cfg["base"].get("enabled", default("base.enabled")):  # once, with all threads, before the workers need it
         experiment.base_model(profile, cfg, ds, tok, log=log)
     log(f"{len(cells) - len(todo)} of {len(cells)} runs already have records; {len(todo)} to run "
         f"with {workers} worker(s)")
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
             cells = grid_cells(cfg, args.grid)
     except ValueError as err:
         ap.error(str(err))
-    run_grid(profile, cfg, cells, workers=args.workers or cfg.get("workers", 1))
+    run_grid(profile, cfg, cells, workers=args.workers or cfg.get("workers", default("workers")))
     return 0
 
 
