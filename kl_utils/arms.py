@@ -4,6 +4,7 @@ checked (kl_utils.schema) and a plan printed before anything heavy loads."""
 from __future__ import annotations
 
 from kl_utils.config import canonical_spec, config_hash, merge
+from kl_utils.schema import STAGE_DEFAULTS
 
 
 def seed_config(cfg: dict, seed: int) -> dict:
@@ -77,3 +78,11 @@ def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
     spec = canonical_spec({"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "eval": cfg["eval"],
                            **arm_cfg})
     return arm_cfg, spec, f"{arm}-s{seed}-{config_hash(spec)}"
+
+
+def grads_per_step(stage_cfg: dict) -> float:
+    """Gradient evaluations per optimizer step of a stage: SAM two (1 + 1/k when it perturbs
+    every k-th step), AdamW one."""
+    if stage_cfg.get("optimizer", STAGE_DEFAULTS["optimizer"]) != "sam":
+        return 1
+    return 1 + 1 / stage_cfg.get("sam_every_k", STAGE_DEFAULTS["sam_every_k"])

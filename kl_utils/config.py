@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -148,8 +149,14 @@ def resolved_parameters(profile: str) -> str:
     return yaml.safe_dump({"profile": name, "config": read_profile(profile)}, sort_keys=False)
 
 
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "resolve":
+        print("usage: python -m kl_utils.config resolve PROFILE   (prints papermill parameters)", file=sys.stderr)
+        return 2
+    print(resolved_parameters(argv[1]), end="")
+    return 0
+
+
 if __name__ == "__main__":
-    import sys
-    if len(sys.argv) != 3 or sys.argv[1] != "resolve":
-        sys.exit("usage: python -m kl_utils.config resolve PROFILE   (prints papermill parameters)")
-    print(resolved_parameters(sys.argv[2]), end="")
+    from kl_utils.cli import entry
+    sys.exit(entry(main))

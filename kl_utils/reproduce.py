@@ -193,10 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results-root", type=Path, default=ROOT / "results", help=argparse.SUPPRESS)
     ap.add_argument("--figures-root", type=Path, default=ROOT / "figures", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    try:
-        profile = resolve_profile(args.profile)
-    except ValueError as err:
-        ap.error(str(err))
+    profile = resolve_profile(args.profile)  # kl_utils.schema.ProfileError: one line (kl_utils.cli.entry)
     if args.redraw:
         redraw(profile, results_root=args.results_root, figures_root=args.figures_root)
     else:
@@ -206,4 +203,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kl_utils.cli import entry
+    sys.exit(entry(main))

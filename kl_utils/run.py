@@ -26,7 +26,6 @@ from kl_utils import experiment, records
 from kl_utils.config import load_config
 from kl_utils.parent_watch import die_with_parent
 from kl_utils.schema import default
-from kl_utils.train import total_steps
 
 
 def grid_cells(cfg: dict, grid: str | None = None) -> list[tuple[str, int]]:
@@ -47,23 +46,14 @@ def grid_cells(cfg: dict, grid: str | None = None) -> list[tuple[str, int]]:
 
 
 def estimated_cost(cfg: dict, ds, arm: str) -> float:
-    """Relative cost of a run: example-passes of CPT and IT, doubled for SAM (two gradients per
-    step, or 1 + 1/k in the efficient mode); QA pairs count a third of a document."""
+    """Relative cost of a run: example-passes of each stage (kl_utils.plan: its optimizer steps x
+    batch size), doubled for SAM (two gradients per step, or 1 + 1/k in the efficient mode); QA
+    pairs (IT, PIT) count a third of a document."""
+    from kl_utils.plan import example_counts, stage_grads, stage_steps
     arm_cfg, _, _ = experiment.arm_spec(cfg, arm, 0)
-    n_new = sum(1 for r in ds if r["population"] == "new")
-    n_qa = 6 * sum(1 for r in ds if r["split"] == "train")
-    fixed = experiment.baseline_steps(cfg, ds) if arm_cfg["budget"] == "steps" else {}
-    cost = 0.0
-    for stage, n, weight in (("cpt", n_new, 1.0), ("it", n_qa, 0.33)):
-        c = arm_cfg[stage]
-        if stage == "cpt":
-            n *= c.get("paraphrases", 1) * (1 + (c.get("augmentation") or {}).get("k", 0))
-        else:
-            n *= 1 + (c.get("augmentation") or {}).get("k", 0)
-        steps = fixed.get(stage) or total_steps(n, c)
-        sam = 1 + 1 / c.get("sam_every_k", 1) if c.get("optimizer") == "sam" else 1
-        cost += steps * c["batch_size"] * weight * sam
-    return cost
+    grads = stage_grads(arm_cfg, stage_steps(arm_cfg, example_counts(ds), experiment.baseline_steps(cfg, ds)))
+    return sum(n * arm_cfg["it" if s == "pit" else s]["batch_size"] * (1.0 if s == "cpt" else 0.33)
+               for s, n in grads.items())
 
 
 def _run_cell(profile: str, cfg: dict, arm: str, seed: int, threads: int) -> dict:
@@ -174,4 +164,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kl_utils.cli import entry
+    sys.exit(entry(main))
