@@ -345,5 +345,5 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     import sys
 
-    from kl_utils.cli import entry
-    sys.exit(entry(main))
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

@@ -4,6 +4,10 @@ A profile file holds `profile: <name>` and `config: {...}`. Papermill injects bo
 notebook's `parameters` cell. When nothing was injected (JupyterLab, nbval), the notebook calls
 `load_config(None, None)`, which takes the profile from the KL_PROFILE environment variable, or
 `cpu` by default, and reads its file.
+
+Every profile is checked (kl_utils.schema) as it is read, before any work: a wrong one raises
+ProfileError, one line naming the file and the key. The check adds nothing to the config (the
+defaults live in the schema and the code reads them from there), so run ids do not change.
 """
 from __future__ import annotations
 
@@ -158,5 +162,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from kl_utils.cli import entry
-    sys.exit(entry(main))
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

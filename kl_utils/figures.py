@@ -9,6 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from kl_utils import stats
+from kl_utils.arms import grads_per_step
 
 # The headline arms, in display order, per budget ("steps": every arm gets the baseline's
 # optimizer steps; "epochs": the paper's setting, augmentation adds tokens and steps).

@@ -246,5 +246,5 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
 if __name__ == "__main__":
     import sys
 
-    from kl_utils.cli import entry
-    sys.exit(entry(main))
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

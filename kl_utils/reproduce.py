@@ -203,5 +203,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from kl_utils.cli import entry
-    sys.exit(entry(main))
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

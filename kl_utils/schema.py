@@ -173,9 +173,11 @@ def _hint(value, check: Check) -> str:
     if isinstance(value, str) and check.what.startswith(("a number", "an integer")):
         try:
             float(value)
-            return f"; YAML reads {value} as a string: write it with a decimal point, e.g. 1.0e-3"
         except ValueError:
             return ""
+        if "e" in value.lower() and "." not in value:
+            return f"; YAML reads {value} as a string: write it with a decimal point, e.g. 1.0e-3"
+        return "; a quoted number is a string: write it without quotes"
     if isinstance(value, bool) and check.names:
         return "; quote it: YAML reads a bare no / yes as false / true"
     close = suggestion(value, check.names) if isinstance(value, str) and check.names else None

@@ -42,6 +42,7 @@ CASES = [
     Case("lr_that_yaml_reads_as_a_string", variant("  it: {lr: 1e-3}\n"), "it.lr", "write it with a decimal point"),
     Case("epochs_zero", variant("  it: {epochs: 0}\n"), "it.epochs", "is 0 (expected an integer >= 1)"),
     Case("batch_size_float", variant("  cpt: {batch_size: 16.5}\n"), "cpt.batch_size", "expected an integer >= 1"),
+    Case("quoted_number", variant('  cpt: {batch_size: "16"}\n'), "cpt.batch_size", "a quoted number is a string"),
     Case("unknown_optimizer", variant("  cpt: {optimizer: adam}\n"), "cpt.optimizer",
          "is 'adam' (expected one of adamw, sam; did you mean 'adamw'?)"),
     Case("fp16", variant("  cpt: {mixed_precision: fp16}\n"), "cpt.mixed_precision", "expected one of no, bf16"),
