@@ -18,7 +18,7 @@ import sys
 
 from kl_utils.arms import arm_spec, grads_per_step
 from kl_utils.config import load_config
-from kl_utils.schema import default
+from kl_utils.schema import ProfileError, default
 
 STAGES = ("pit", "cpt", "it")  # the order a run trains them in
 
@@ -123,7 +123,7 @@ def render(profile: str, cfg: dict, rows: list[dict], grid: str | None, base_lin
     return "\n".join([title, base_line, *lines,
                       f"{len(rows) - len(todo)} of {len(rows)} runs have a record; {len(todo)} to run"
                       + (_total(todo, workers) if todo else ""),
-                      f"all {len(rows)} from scratch (make reproduce){_total(rows, workers)}"])
+                      f"all {len(rows)} from scratch{_total(rows, workers)}"])
 
 
 def _total(rows: list[dict], workers: int) -> str:
@@ -150,6 +150,19 @@ def base_line(profile: str, cfg: dict) -> str:
     return f"base model {run_id}: {'record exists, ' if have else ''}not cached: trained first if a run needs it"
 
 
+def reproduce_line(profile: str) -> str:
+    """The wall time of the profile's last `make reproduce` (every notebook; results/<profile>/timing.json)."""
+    import json
+
+    from kl_utils.paths import results_dir
+    path = results_dir(profile) / "timing.json"
+    if not path.exists():
+        return f"no timing.json: make reproduce has not timed {profile} yet"
+    t = json.loads(path.read_text())
+    return (f"the last make reproduce of {profile} took {_time(t['wall_time_s'])} (every notebook, on "
+            f"{t.get('machine', {}).get('cpu_count', '?')} CPUs; results/{profile}/timing.json)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kl_utils plan", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default=None, help="profile name or YAML path (default: KL_PROFILE or cpu)")
@@ -164,8 +177,14 @@ def main(argv=None) -> int:
     if not cells:
         print(f"profile {profile} has no grids: nothing to plan")
         return 0
-    ds, _, _ = experiment.prepare_data(profile, cfg)
+    try:
+        ds, _, _ = experiment.prepare_data(profile, cfg)
+    except OSError as err:  # a model or documents this machine cannot reach (offline, not downloaded)
+        what = cfg["data"].get("documents") or cfg["model"].get("pretrained") or "the data"
+        raise ProfileError(f"profile {profile}: cannot count the steps without the data and tokenizer of "
+                           f"{what}: {str(err).splitlines()[0]}") from err
     print(render(profile, cfg, plan_rows(profile, cfg, cells, ds), args.grid, base_line(profile, cfg)))
+    print(reproduce_line(profile))
     return 0
 
 

@@ -86,7 +86,8 @@ def test_plan_of_cpu_lists_every_run_with_its_record(profiles_and_data, monkeypa
         assert re.search(rf"^{re.escape(rec['arm'])} +{rec['seed']} +{rec['run_id']} ", out, re.M), rec["run_id"]
     assert "sam               0     sam-s0-" in out and "CPT 228 + IT 116  572 " in out  # SAM: 2 per step
     assert f"{len(recs)} of {len(recs)} runs have a record; 0 to run" in out and "(measured)" in out
-    assert re.search(r"all \d+ from scratch \(make reproduce\): estimated [\d.]+ min of training", out)
+    assert re.search(r"all \d+ from scratch: estimated [\d.]+ min of training", out)
+    assert "the last make reproduce of cpu took" in out  # results/cpu/timing.json
 
 
 def test_plan_estimates_from_the_profiles_records_or_says_it_has_none(profiles_and_data, monkeypatch, capsys):
@@ -111,3 +112,13 @@ def test_python_dash_m_kl_utils_runs():
     proc = subprocess.run([sys.executable, "-m", "kl_utils", "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0 and "plan" in proc.stdout and "gpu-check" in proc.stdout
+
+
+def test_plan_without_the_models_data_is_one_line(monkeypatch, capsys):
+    def offline(profile, cfg):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+    monkeypatch.setattr(experiment, "prepare_data", offline)
+    assert cli.main(["plan", "--profile", "paper"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("profile paper: cannot count the steps without the data and tokenizer of Qwen/Qwen2-1.5B: ")
