@@ -77,6 +77,22 @@ def headline_markdown(arm_recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def beside_markdown(profile: str, cfg: dict) -> str:
+    """The profile's claim rows next to other profiles' (`beside:`, e.g. the miniature next to the
+    pretrained LLM): the same comparison, one column per profile, and whether the verdicts agree."""
+    others = [p for p in cfg.get("beside") or [] if claims.read_csv(p)]
+    if not others or not claims.read_csv(profile):
+        return ""
+    rows = [r for r in claims.across([profile, *others]) if r["metric"] == "test_em" or r["comparison"].startswith("QA answer rate")]
+    rows = [r for r in rows if r[profile] and any(r[o] for o in others)]
+    head = f"| claim | comparison | budget | `{profile}` | " + " | ".join(f"`{o}`" for o in others) + " | same verdict |"
+    lines = [head, "|" + "---|" * (5 + len(others))]
+    lines += [f"| {r['claim']} | {r['comparison']} | {r['budget']} | {r[profile] or '—'} | "
+              + " | ".join(r[o] or "—" for o in others) + f" | {'yes' if r['agree'] else 'no'} |" for r in rows]
+    return (f"## Beside {', '.join(f'`{o}`' for o in others)}\nThe comparisons both profiles ran (paired difference "
+            "b − a of held-out QA EM [95% CI over seeds], within-profile verdict).\n\n" + "\n".join(lines) + "\n\n")
+
+
 def environment_markdown(profile: str, recs: list[dict]) -> str:
     commits = sorted({r["env"]["git_commit"] for r in recs if "env" in r})
     env = recs[-1]["env"] if recs else records.environment()
@@ -158,7 +174,7 @@ Holm-Bonferroni adjusted within its family (headline, controls, ablations) at 0.
 
 {claims_markdown(rows)}
 
-{controls_markdown(profile, cfg)}## Figures
+{controls_markdown(profile, cfg)}{beside_markdown(profile, cfg)}## Figures
 {figs}
 
 ## Environment

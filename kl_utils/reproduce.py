@@ -44,17 +44,29 @@ def notebooks(cfg: dict | None = None) -> list[Path]:
 
 
 def read_profiles(cfg: dict) -> list[str]:
-    """Profiles whose records the notebooks of a profile read but do not produce (notebook 06)."""
+    """Profiles whose records the notebooks of a profile read but do not produce (notebook 06's
+    controls and base models; the profiles its report sets `beside` it)."""
     controls = cfg.get("controls") or {}
     out = [] if controls.get("run", True) else [controls.get("profile")]
-    return [p for p in dict.fromkeys(out + list(controls.get("base_models") or [])) if p]
+    return [p for p in dict.fromkeys(out + list(controls.get("base_models") or []) + list(cfg.get("beside") or [])) if p]
 
 
 def run_notebooks(profile: str, out_dir: Path, env: dict, log=print) -> dict[str, int]:
     """Execute every notebook with the profile's parameters into out_dir; seconds per notebook.
     `env` is set for the kernels (they inherit this process's environment)."""
+    import logging
+
     import papermill
     import yaml
+    # papermill reports each cell and its printed output through its logger: that is the progress of
+    # a reproduction that trains for half an hour (tqdm bars are switched off in the kernels).
+    plog = logging.getLogger("papermill")
+    if not plog.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("   %(message)s"))
+        plog.addHandler(handler)
+        plog.setLevel(logging.INFO)
+        plog.propagate = False
     from kl_utils.config import resolved_parameters
     params = yaml.safe_load(resolved_parameters(profile))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -111,3 +111,20 @@ def test_fresh_clone_reproduce_and_redraw(tmp_path):
     assert not again["claims"]["verdicts_changed"] and again["claims"]["max_diff_deviation"] == 0
     report = (results / "smoke" / "REPRODUCTION.md").read_text()
     assert f"reproduced {len(committed)} / {len(committed)} committed run records of smoke: identical" in report
+
+
+def test_report_beside_another_profile(tmp_path, monkeypatch):
+    """REPORT.md's 'Beside' section: the comparisons two profiles share, side by side, with agreement."""
+    from kl_utils import report
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    head = "claim,comparison,budget,metric,diff,ci_low,ci_high,verdict,n_seeds\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "claims.csv").write_text(head + "C3,format vs AdamW,steps,test_em,0.1,0.05,0.15,supported,3\n"
+                                               "C4,SAM vs AdamW,steps,test_em,0.0,-0.1,0.1,inconclusive,3\n")
+    (tmp_path / "b" / "claims.csv").write_text(head + "C3,format vs AdamW,steps,test_em,-0.1,-0.15,-0.05,contradicted,3\n")
+    text = report.beside_markdown("a", {"beside": ["b"]})
+    assert "| C3 | format vs AdamW | steps | +0.100 [+0.050, +0.150] supported (n=3) | " \
+           "-0.100 [-0.150, -0.050] contradicted (n=3) | no |" in text
+    assert "SAM vs AdamW" not in text  # only rows both profiles have
+    assert report.beside_markdown("a", {"beside": ["missing"]}) == ""
