@@ -130,6 +130,7 @@ SCHEMA = {
                   "lr": {"arms": Items(TEXT), "factors": Items(number(gt=0))}},
     "controls": {"profile": TEXT, "run": boolean(True), "base_models": Items(TEXT)},
     "pairs": Items(TEXT),
+    "beside": Items(TEXT),  # REPORT.md: the claims of these profiles next to this one's (kl_utils.report)
     "notebooks": Items(integer(ge=1, le=99), nonempty=True),
     "analysis": {
         "n_train_people": integer(ge=0), "n_test_people": integer(ge=0), "paraphrases": Items(integer(ge=1)),
@@ -292,7 +293,7 @@ def _references(cfg: dict, source: str) -> None:
     controls = cfg.get("controls") or {}
     named = [("controls.profile", controls.get("profile"))]
     named += [(f"controls.base_models[{i}]", p) for i, p in enumerate(controls.get("base_models") or [])]
-    named += [(f"pairs[{i}]", p) for i, p in enumerate(cfg.get("pairs") or [])]
+    named += [(f"{key}[{i}]", p) for key in ("pairs", "beside") for i, p in enumerate(cfg.get(key) or [])]
     for path, name in named:
         if name is not None and not profile_exists(name):
             raise _error(source, path, f"unknown profile {name!r}")
