@@ -9,11 +9,12 @@ STAMP    := $(VENV)/.installed-stamp
 PROFILES := $(basename $(notdir $(wildcard profiles/*.yaml)))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: env reproduce figures test unit nbval lab bench controls clean-env check-profile help
+.PHONY: env reproduce figures plan test unit nbval lab bench controls clean-env check-profile help
 
 help:
 	@echo "make reproduce [PROFILE=$(PROFILES)]   recompute every run from scratch, redraw, compare with the committed records (cpu: ~35 min)"
 	@echo "make figures [PROFILE=...]             redraw every figure, table and report from the committed records (no training)"
+	@echo "make plan [PROFILE=...]                every run of the profile's grids: run id, steps, record, estimated time (no training)"
 	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
 	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
 	@echo "make bench                              speed benchmarks (ratios measured side by side, ~25 min)"
@@ -38,11 +39,15 @@ check-profile:
 # PUBLISH=1 replaces the committed results (PUBLISH_DIRTY=1: even from uncommitted code); FRESH=1
 # starts over instead of resuming an interrupted reproduction.
 reproduce: check-profile $(STAMP)
-	$(PY) -m kl_utils.reproduce --profile $(PROFILE) $(if $(PUBLISH),--publish) $(if $(PUBLISH_DIRTY),--allow-dirty) $(if $(FRESH),--fresh)
+	$(PY) -m kl_utils reproduce --profile $(PROFILE) $(if $(PUBLISH),--publish) $(if $(PUBLISH_DIRTY),--allow-dirty) $(if $(FRESH),--fresh)
 
 # figures: every figure, table, claims.csv and REPORT.md redrawn from the committed records; trains nothing.
 figures: check-profile $(STAMP)
-	$(PY) -m kl_utils.reproduce --profile $(PROFILE) --redraw
+	$(PY) -m kl_utils figures --profile $(PROFILE)
+
+# plan: what reproduce would train, run by run, without training anything.
+plan: check-profile $(STAMP)
+	$(PY) -m kl_utils plan --profile $(PROFILE)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -61,12 +66,12 @@ lab: $(STAMP)
 # Every speed figure, end to end and the SmolLM2 ones included (~25 min; BENCH_ARGS= for the miniature's ratios alone).
 BENCH_ARGS ?= --end-to-end --llm
 bench: $(STAMP)
-	TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 $(PY) -m kl_utils.bench $(BENCH_ARGS)
+	TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 $(PY) -m kl_utils bench $(BENCH_ARGS)
 
 # The controls notebook 06 reads (cpu: from cpu-full); then `make reproduce` redraws them.
 controls: $(STAMP)
 	@set -e; for grid in $$($(PY) -c 'from kl_utils.run import CONTROL_GRIDS; print(*CONTROL_GRIDS)'); do \
-	  echo "== cpu-full grid $$grid"; $(PY) -m kl_utils.run --profile cpu-full --grid $$grid; done
+	  echo "== cpu-full grid $$grid"; $(PY) -m kl_utils run --profile cpu-full --grid $$grid; done
 
 clean-env:
 	rm -rf $(VENV)
@@ -75,4 +80,4 @@ clean-env:
 # tokens; prints tokens/s, model FLOPs utilization and peak memory (GPU_CHECK_ARGS: e.g. --steps 300).
 .PHONY: gpu-check
 gpu-check: $(STAMP)
-	$(PY) -m kl_utils.paper gpu-check --profile $(if $(filter cpu,$(PROFILE)),paper,$(PROFILE)) $(GPU_CHECK_ARGS)
+	$(PY) -m kl_utils gpu-check --profile $(if $(filter cpu,$(PROFILE)),paper,$(PROFILE)) $(GPU_CHECK_ARGS)

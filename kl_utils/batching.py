@@ -25,7 +25,7 @@ from functools import partial
 
 import torch
 
-MODES = ("pad", "bucket", "pack")
+from kl_utils.schema import BATCHING as MODES  # the valid names: kl_utils.schema
 
 
 def pad_collate(examples: list[dict], pad_id: int) -> dict:

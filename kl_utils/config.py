@@ -4,6 +4,10 @@ A profile file holds `profile: <name>` and `config: {...}`. Papermill injects bo
 notebook's `parameters` cell. When nothing was injected (JupyterLab, nbval), the notebook calls
 `load_config(None, None)`, which takes the profile from the KL_PROFILE environment variable, or
 `cpu` by default, and reads its file.
+
+Every profile is checked (kl_utils.schema) as it is read, before any work: a wrong one raises
+ProfileError, one line naming the file and the key. The check adds nothing to the config (the
+defaults live in the schema and the code reads them from there), so run ids do not change.
 """
 from __future__ import annotations
 
@@ -11,11 +15,14 @@ import copy
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import yaml
 
-from kl_utils.paths import PROFILES_DIR
+from kl_utils import schema
+from kl_utils.paths import PROFILES_DIR, ROOT
+from kl_utils.schema import ProfileError
 
 DEFAULT_PROFILE = "cpu"
 
@@ -24,45 +31,86 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
-def _profile_file(name: str):
-    """A profile given as a path to a YAML file (your own profile), or None."""
-    return Path(name) if name.endswith((".yaml", ".yml")) and Path(name).is_file() else None
+def _is_path(name: str) -> bool:
+    """A profile given as a path to a YAML file (your own profile), not a name under profiles/."""
+    return name.endswith((".yaml", ".yml"))
+
+
+def profile_exists(name: str) -> bool:
+    return Path(name).is_file() if _is_path(name) else name in available_profiles()
+
+
+def _profile_path(name: str) -> Path:
+    """The file of a profile name or path; ProfileError when there is none."""
+    if _is_path(name):
+        return Path(name)
+    if name not in available_profiles():
+        raise ProfileError(f"unknown profile {name!r}; valid profiles: {', '.join(available_profiles())} "
+                           "(or a path to a .yaml file)", exit_code=2)
+    return PROFILES_DIR / f"{name}.yaml"
+
+
+def shown(path: Path) -> str:
+    """A profile file as messages name it: relative to the project root when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def resolve_profile(profile: str | None) -> str:
     """The profile's name: a name under profiles/, or the `profile:` of a YAML file given by path."""
     name = profile or os.environ.get("KL_PROFILE") or DEFAULT_PROFILE
-    if _profile_file(name):
-        return _read(_profile_file(name))[0]
-    valid = available_profiles()
-    if name not in valid:
-        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(valid)} (or a path to a .yaml file)")
-    return name
+    return _read(_profile_path(name), expect=None if _is_path(name) else name)[0]
+
+
+def _load_yaml(path: Path):
+    source = shown(path)
+    if not path.is_file():
+        raise ProfileError(f"{source}: no such profile file" if not path.exists() else f"{source}: is not a file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ProfileError(f"{source}: not a text file (byte {err.start} is not UTF-8)") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ProfileError(f"{source}: not valid YAML ({where}{problem})") from None
 
 
 def _read(path: Path, expect: str | None = None) -> tuple[str, dict]:
-    with open(path) as f:
-        doc = yaml.safe_load(f)
-    if not isinstance(doc, dict) or "config" not in doc or not isinstance(doc.get("profile"), str) \
-            or (expect is not None and doc["profile"] != expect):
-        raise ValueError(f"{path}: expected top-level keys 'profile: {expect or '<name>'}' and 'config:'")
+    """(name, config) of a profile file, checked (kl_utils.schema) before it is returned."""
+    source = shown(path)
+    doc = _load_yaml(path)
+    schema.check_document(doc, source)
+    if expect is not None and doc["profile"] != expect:
+        raise ProfileError(f"{source}: key profile: is {doc['profile']!r} (expected {expect!r}, the file's name)")
+    cfg = doc["config"]
     if doc.get("extends"):  # a variant: the parent profile's config with these values on top
-        return doc["profile"], merge(read_profile(doc["extends"]), doc["config"])
-    return doc["profile"], doc["config"]
+        if not profile_exists(doc["extends"]):
+            raise ProfileError(f"{source}: key extends: unknown profile {doc['extends']!r}; valid profiles: "
+                               f"{', '.join(available_profiles())} (or a path to a .yaml file)")
+        schema.validate(cfg, source, partial=True)
+        cfg = merge(read_profile(doc["extends"]), cfg)
+    schema.validate(cfg, source)
+    return doc["profile"], cfg
 
 
 def read_profile(name: str) -> dict:
-    if _profile_file(name):
-        return _read(_profile_file(name))[1]
-    return _read(PROFILES_DIR / f"{resolve_profile(name)}.yaml", expect=name)[1]
+    return _read(_profile_path(name), expect=None if _is_path(name) else name)[1]
 
 
 def load_config(profile: str | None = None, config: dict | None = None) -> tuple[str, dict]:
-    """Return (profile name, config). `config` is what papermill injected (or None). `profile`
+    """Return (profile name, config), the config checked against kl_utils.schema (ProfileError: one
+    line naming the file and the key). `config` is what papermill injected (or None). `profile`
     may also be a path to a profile YAML file."""
     name = profile or os.environ.get("KL_PROFILE") or DEFAULT_PROFILE
-    cfg = copy.deepcopy(config) if config is not None else read_profile(name)
-    return resolve_profile(name), cfg
+    resolved, cfg = _read(_profile_path(name), expect=None if _is_path(name) else name)
+    if config is not None:
+        cfg = copy.deepcopy(config)
+        schema.validate(cfg, f"the config injected for profile {resolved}", partial=True)
+    return resolved, cfg
 
 
 def merge(base: dict, override: dict | None) -> dict:
@@ -79,7 +127,7 @@ def merge(base: dict, override: dict | None) -> dict:
 # Training-stage keys that select an implementation of the same computation (kl_utils.train), with
 # the value each had before the key existed. A stage that sets one to this value hashes as if the
 # key were absent, so records made before the key was introduced keep their run ids.
-IMPLEMENTATION_DEFAULTS = {"batching": "pad", "logits": "all", "fused": False}
+IMPLEMENTATION_DEFAULTS = {k: schema.STAGE_DEFAULTS[k] for k in ("batching", "logits", "fused")}
 STAGES = ("base", "cpt", "it")
 
 
@@ -105,8 +153,14 @@ def resolved_parameters(profile: str) -> str:
     return yaml.safe_dump({"profile": name, "config": read_profile(profile)}, sort_keys=False)
 
 
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "resolve":
+        print("usage: python -m kl_utils.config resolve PROFILE   (prints papermill parameters)", file=sys.stderr)
+        return 2
+    print(resolved_parameters(argv[1]), end="")
+    return 0
+
+
 if __name__ == "__main__":
-    import sys
-    if len(sys.argv) != 3 or sys.argv[1] != "resolve":
-        sys.exit("usage: python -m kl_utils.config resolve PROFILE   (prints papermill parameters)")
-    print(resolved_parameters(sys.argv[2]), end="")
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

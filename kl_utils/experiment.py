@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 
 from kl_utils import bios, data, evaluate, records
+from kl_utils.arms import ARM_KEYS, BUDGETS, ORDERS, all_arms, arm_spec, seed_config  # noqa: F401 (re-exported)
 from kl_utils.config import canonical_spec, config_hash
 from kl_utils.model import build_model, n_parameters
 from kl_utils.paths import cache_dir, data_dir
 from kl_utils.pretrained import provenance as pretrained_provenance
 from kl_utils.pretrained import resolve as resolve_pretrained
+from kl_utils.schema import default
 from kl_utils.tokenizer import build_word_tokenizer, load_tokenizer
 from kl_utils.train import get_accelerator, set_seed, train
 
@@ -51,9 +53,9 @@ def prepare_data(profile: str, cfg: dict, force: bool = False):
     root = data_dir(profile) / f"{'documents' if source else 'people'}-{key}"
     if force or not (root / "people").exists() or not (root / "tokenizer").exists():
         if source:
-            docs = documents.load_documents(source, format=cfg["data"].get("format", "auto"),
+            docs = documents.load_documents(source, format=cfg["data"].get("format", default("data.format")),
                                             splits=cfg["data"].get("splits"))
-            ds = documents.as_people(docs, valid_frac=cfg["data"].get("valid_frac", 0.1))
+            ds = documents.as_people(docs, valid_frac=cfg["data"].get("valid_frac", default("data.valid_frac")))
         else:
             ds = data.build_people(cfg["data"])
         tok = make_tokenizer(cfg)
@@ -90,7 +92,8 @@ def initial_model(profile: str, cfg: dict, ds, tok, seed: int, log=print):
     pretrained = cfg["model"].get("pretrained")
     if pretrained:
         from kl_utils.model import load_model
-        model = load_model(resolve_pretrained(pretrained), dtype=getattr(torch, cfg["model"].get("dtype", "float32")))
+        dtype = getattr(torch, cfg["model"].get("dtype", default("model.dtype")))
+        model = load_model(resolve_pretrained(pretrained), dtype=dtype)
         n_embed = model.get_input_embeddings().weight.shape[0]
         if len(tok) > n_embed:
             raise ValueError(f"{pretrained}: tokenizer has {len(tok)} tokens, the model's embedding {n_embed}")
@@ -99,7 +102,7 @@ def initial_model(profile: str, cfg: dict, ds, tok, seed: int, log=print):
             (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         log(f"pretrained model {pretrained}: {n_parameters(model):,} parameters")
         return model, None
-    if cfg["base"].get("enabled", True):
+    if cfg["base"].get("enabled", default("base.enabled")):
         model, base_record = base_model(profile, cfg, ds, tok, log=log)
         return copy.deepcopy(model), base_record
     return build_model(cfg["model"], tok, seed=seed), None
@@ -149,15 +152,6 @@ def _hits_of(keys: list, ds, hits: list[int]) -> list[int]:
     pid = {r["name"]: r["person_id"] for r in ds if r["split"] == "test"}
     by_key = {(pid[ex["name"]], ex["attribute"]): h for ex, h in zip(data.qa_examples(ds, "test"), hits)}
     return [by_key[tuple(k)] for k in keys]
-
-
-def seed_config(cfg: dict, seed: int) -> dict:
-    """The config of one seed's run. With `data.draw_per_seed`, each seed is also its own data draw
-    (new people from data.seed + seed): the unit of replication is then the data draw, not only the
-    CPT seed (a pretrained model has no base-model draw to vary)."""
-    if not cfg["data"].get("draw_per_seed"):
-        return cfg
-    return {**cfg, "data": {**cfg["data"], "seed": cfg["data"]["seed"] + seed}}
 
 
 # The data settings the base model depends on. People are generated base population first, from
@@ -293,72 +287,6 @@ def it_examples(people_ds, split, it_cfg: dict, seed: int) -> list[dict]:
     return out
 
 
-ARM_KEYS = ("cpt", "it", "budget", "order")
-BUDGETS = ("epochs", "steps")
-ORDERS = ("standard", "pit")
-
-
-def all_arms(cfg: dict) -> dict:
-    """The profile's `arms:`, plus the arms its `ablations:` generate:
-      rho: [...]        -> sam_rho<v>                    (SAM at each rho)
-      k: [...]          -> format_k<k>_steps             (k formatted copies, step-matched)
-      families: [...]   -> format_<family>_steps         (one augmentation family alone, k=1)
-      rho_k: true       -> format_sam_k<k>_rho<v>_steps  (the rho x k grid)
-      lr: {arms: [...], factors: [...]} -> <arm>@lrx<f>  (learning-rate variants, for tuning on valid)
-    """
-    arms = dict(cfg.get("arms") or {})
-    abl = cfg.get("ablations") or {}
-    sam = {"optimizer": "sam"}
-    for rho in abl.get("rho", []):
-        arms.setdefault(f"sam_rho{rho}", {"cpt": {**sam, "rho": rho}})
-    for k in abl.get("k", []):
-        arms.setdefault(f"format_k{k}_steps", {"budget": "steps", "cpt": {"augmentation": {"k": k}}})
-    for fam in abl.get("families", []):
-        arms.setdefault(f"format_{fam}_steps", {"budget": "steps", "cpt": {"augmentation": {"k": 1, "families": [fam]}}})
-    if abl.get("rho_k"):
-        for k in abl.get("k", []):
-            for rho in abl.get("rho", []):
-                arms.setdefault(f"format_sam_k{k}_rho{rho}_steps", {
-                    "budget": "steps", "cpt": {**sam, "rho": rho, "augmentation": {"k": k}}})
-    lr = abl.get("lr") or {}
-    for arm in lr.get("arms", []):
-        if arm != "baseline" and arm not in arms:
-            raise ValueError(f"ablations.lr.arms names {arm!r}, which is not an arm of the profile "
-                             f"(arms: baseline, {', '.join(sorted(arms))})")
-        base = {} if arm == "baseline" else arms[arm]
-        for f in lr.get("factors", []):
-            stage_lr = {st: {"lr": cfg[st]["lr"] * f} for st in ("cpt",)}
-            from kl_utils.config import merge
-            arms.setdefault(f"{arm}@lrx{f}", merge(base, stage_lr))
-    return arms
-
-
-def arm_spec(cfg: dict, arm: str, seed: int) -> tuple[dict, dict, str]:
-    """(the arm's settings, everything its result depends on, its run id).
-
-    An arm (profile `arms:`) overrides `cpt` / `it` settings and may set
-    budget: epochs (default; the paper's setting: augmentation adds tokens and steps) or steps
-      (CPT and IT run exactly as many optimizer steps as the baseline's, whatever the data);
-    order: standard (default: CPT, then IT) or pit (pre-instruction-tuning, Jiang et al. 2024:
-      first the train half's QA pairs mixed with their documents, then CPT on all documents).
-    """
-    from kl_utils.config import merge
-    cfg = seed_config(cfg, seed)
-    arms = all_arms(cfg)
-    if arm != "baseline" and arm not in arms:
-        raise ValueError(f"unknown arm {arm!r}; defined: baseline, {', '.join(arms)}")
-    override = arms.get(arm) or {}
-    unknown = set(override) - set(ARM_KEYS)
-    if unknown:
-        raise ValueError(f"arm {arm!r}: unknown keys {sorted(unknown)}; valid: {', '.join(ARM_KEYS)}")
-    arm_cfg = merge({"cpt": cfg["cpt"], "it": cfg["it"], "budget": "epochs", "order": "standard"}, override)
-    if arm_cfg["budget"] not in BUDGETS or arm_cfg["order"] not in ORDERS:
-        raise ValueError(f"arm {arm!r}: budget must be one of {BUDGETS}, order one of {ORDERS}")
-    spec = canonical_spec({"data": cfg["data"], "model": cfg["model"], "base": cfg["base"], "eval": cfg["eval"],
-                           **arm_cfg})
-    return arm_cfg, spec, f"{arm}-s{seed}-{config_hash(spec)}"
-
-
 def baseline_steps(cfg: dict, ds) -> dict:
     """Optimizer steps of the baseline's CPT and IT: the budget of step-matched arms."""
     from kl_utils.train import total_steps
@@ -392,7 +320,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
         steps = baseline_steps(cfg, ds)
         cpt_cfg["max_steps"], it_cfg["max_steps"] = steps["cpt"], steps["it"]
     ckpt = checkpoint_dir(profile, run_id)
-    every = cfg.get("checkpoint_every", 200)
+    every = cfg.get("checkpoint_every", default("checkpoint_every"))
     timing = {}
     t0 = time.time()
     torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
@@ -440,7 +368,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
             metrics.update({f"probe_{k}": v for k, v in cpt_probe["summary"].items()})
     timing["eval_s"] += time.time() - t
     main_process = get_accelerator().is_main_process  # under DDP one process writes models and record
-    if main_process and cfg.get("keep_models", True):
+    if main_process and cfg.get("keep_models", default("keep_models")):
         _save_models(model, after_cpt, ckpt)
     elif main_process:  # only the record stays (a pretrained model's checkpoints are ~1 GB a run)
         shutil.rmtree(ckpt, ignore_errors=True)

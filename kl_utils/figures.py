@@ -9,6 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from kl_utils import stats
+from kl_utils.arms import grads_per_step
 
 # The headline arms, in display order, per budget ("steps": every arm gets the baseline's
 # optimizer steps; "epochs": the paper's setting, augmentation adds tokens and steps).
@@ -37,11 +38,6 @@ def long_label(arm: str) -> str:
     return LABELS.get(arm, arm) + suffix
 
 
-def _grads_per_step(stage_cfg: dict) -> float:
-    """Gradient evaluations per optimizer step: SAM two (1 + 1/k when it perturbs every k-th step)."""
-    return (1 + 1 / stage_cfg.get("sam_every_k", 1)) if stage_cfg.get("optimizer") == "sam" else 1
-
-
 def arm_frame(recs: list[dict]) -> pd.DataFrame:
     """One row per arm run: metrics, optimizer steps and gradient evaluations (SAM: two per step)."""
     rows = []
@@ -49,12 +45,12 @@ def arm_frame(recs: list[dict]) -> pd.DataFrame:
         cfg, steps = r["config"], r.get("optimizer_steps", {})
         grads = 0
         for stage, n in steps.items():
-            grads += n * _grads_per_step(cfg.get("it" if stage == "pit" else stage, {}))
+            grads += n * grads_per_step(cfg.get("it" if stage == "pit" else stage, {}))
         rows.append({"arm": r["arm"], "seed": r["seed"], "budget": cfg.get("budget", "epochs"),
                      "run_id": r["run_id"], **{m: r["metrics"].get(m) for m in
                                                ("test_em", "valid_em", "train_em", "test_em_before_it", "test_f1")},
                      "cpt_steps": steps.get("cpt", 0), "total_steps": sum(steps.values()), "grad_evals": grads,
-                     "cpt_grad_evals": steps.get("cpt", 0) * _grads_per_step(cfg.get("cpt", {})),
+                     "cpt_grad_evals": steps.get("cpt", 0) * grads_per_step(cfg.get("cpt", {})),
                      "cpt_epochs": cfg.get("cpt", {}).get("epochs"), "cpt_lr": cfg.get("cpt", {}).get("lr"),
                      "it_steps": steps.get("it", 0),
                      "wall_s": r["wall_time_s"]})

@@ -207,4 +207,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

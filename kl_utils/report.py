@@ -214,10 +214,6 @@ def main(argv=None) -> None:
         print("README headline block", "updated" if update_readme(profile, cfg) else "unchanged")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> list[str]:
     """Everything a reader sees must have run records behind it, of the profile's current config:
     claims.csv equal to its rebuild from the records, every run id a table row or a figure names
@@ -261,3 +257,10 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
         if block not in readme.read_text():
             problems.append(f"{readme.name}'s headline block differs from the {profile} report (python -m kl_utils.report --profile {profile} --readme)")
     return problems
+
+
+if __name__ == "__main__":
+    import sys
+
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

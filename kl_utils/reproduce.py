@@ -205,10 +205,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results-root", type=Path, default=ROOT / "results", help=argparse.SUPPRESS)
     ap.add_argument("--figures-root", type=Path, default=ROOT / "figures", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    try:
-        profile = resolve_profile(args.profile)
-    except ValueError as err:
-        ap.error(str(err))
+    profile = resolve_profile(args.profile)  # kl_utils.schema.ProfileError: one line (kl_utils.cli.entry)
     if args.redraw:
         redraw(profile, results_root=args.results_root, figures_root=args.figures_root)
     else:
@@ -218,4 +215,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

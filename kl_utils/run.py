@@ -4,7 +4,7 @@
     python -m kl_utils.run --profile cpu --arms baseline sam --seeds 0 1 2
 
 A grid is a list of blocks `{arms: [...], seeds: [...]}` under `grids:` in the profile; arms are
-overrides of its cpt / it settings under `arms:` (see experiment.arm_spec). Finished runs (their
+overrides of its cpt / it settings under `arms:` (see arms.arm_spec). Finished runs (their
 record exists) are skipped; an interrupted run resumes from its last checkpoint. Runs go to
 `workers` processes of one thread each, largest first: two 1-thread processes get more out of two
 cores than one 2-thread process (PROBE.md). One overall progress bar, weighted by each run's
@@ -22,10 +22,11 @@ from multiprocessing import get_context
 
 from tqdm.auto import tqdm
 
-from kl_utils import experiment, records
+from kl_utils import records
+from kl_utils.arms import arm_spec
 from kl_utils.config import load_config
 from kl_utils.parent_watch import die_with_parent
-from kl_utils.train import total_steps
+from kl_utils.schema import default
 
 
 def grid_cells(cfg: dict, grid: str | None = None) -> list[tuple[str, int]]:
@@ -41,33 +42,27 @@ def grid_cells(cfg: dict, grid: str | None = None) -> list[tuple[str, int]]:
                 if (arm, seed) not in cells:
                     cells.append((arm, seed))
     for arm, seed in cells:
-        experiment.arm_spec(cfg, arm, seed)  # unknown arms fail here, before any training
+        arm_spec(cfg, arm, seed)  # unknown arms fail here, before any training
     return cells
 
 
 def estimated_cost(cfg: dict, ds, arm: str) -> float:
-    """Relative cost of a run: example-passes of CPT and IT, doubled for SAM (two gradients per
-    step, or 1 + 1/k in the efficient mode); QA pairs count a third of a document."""
-    arm_cfg, _, _ = experiment.arm_spec(cfg, arm, 0)
-    n_new = sum(1 for r in ds if r["population"] == "new")
-    n_qa = 6 * sum(1 for r in ds if r["split"] == "train")
-    fixed = experiment.baseline_steps(cfg, ds) if arm_cfg["budget"] == "steps" else {}
-    cost = 0.0
-    for stage, n, weight in (("cpt", n_new, 1.0), ("it", n_qa, 0.33)):
-        c = arm_cfg[stage]
-        if stage == "cpt":
-            n *= c.get("paraphrases", 1) * (1 + (c.get("augmentation") or {}).get("k", 0))
-        else:
-            n *= 1 + (c.get("augmentation") or {}).get("k", 0)
-        steps = fixed.get(stage) or total_steps(n, c)
-        sam = 1 + 1 / c.get("sam_every_k", 1) if c.get("optimizer") == "sam" else 1
-        cost += steps * c["batch_size"] * weight * sam
-    return cost
+    """Relative cost of a run: example-passes of each stage (kl_utils.plan: its optimizer steps x
+    batch size), doubled for SAM (two gradients per step, or 1 + 1/k in the efficient mode); QA
+    pairs (IT, PIT) count a third of a document."""
+    from kl_utils import experiment
+    from kl_utils.plan import example_counts, stage_grads, stage_steps
+    arm_cfg, _, _ = arm_spec(cfg, arm, 0)
+    grads = stage_grads(arm_cfg, stage_steps(arm_cfg, example_counts(ds), experiment.baseline_steps(cfg, ds)))
+    return sum(n * arm_cfg["it" if s == "pit" else s]["batch_size"] * (1.0 if s == "cpt" else 0.33)
+               for s, n in grads.items())
 
 
 def _run_cell(profile: str, cfg: dict, arm: str, seed: int, threads: int) -> dict:
     """One run in a worker process (quiet: the parent's bar reports progress)."""
     import torch
+
+    from kl_utils import experiment
     torch.set_num_threads(threads)
     cfg = dict(cfg, threads=threads)
     ds, tok, _ = experiment.prepare_data(profile, cfg)
@@ -97,9 +92,10 @@ def _environ(**values):
 
 def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int = 2, log=print) -> list[dict]:
     """Run every cell that has no record yet; returns the arm records of all cells."""
+    from kl_utils import experiment  # torch: imported once the profile has been checked
     ds, tok, _ = experiment.prepare_data(profile, cfg)
     todo = cell_records(profile, cfg, cells)[1]
-    if todo and cfg["base"].get("enabled", True):  # once, with all threads, before the workers need it
+    if todo and cfg["base"].get("enabled", default("base.enabled")):  # once, with all threads, before the workers need it
         experiment.base_model(profile, cfg, ds, tok, log=log)
     log(f"{len(cells) - len(todo)} of {len(cells)} runs already have records; {len(todo)} to run "
         f"with {workers} worker(s)")
@@ -146,7 +142,7 @@ def control_cells(cfg: dict) -> list[tuple[str, int]]:
 def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple[list[dict], list[tuple[str, int]]]:
     """(the records of the cells that have one, of the profile's current config; the cells without)."""
     have = {r["run_id"]: r for r in records.load_run_records(profile, kind="arm")}
-    ids = {cell: experiment.arm_spec(cfg, *cell)[2] for cell in cells}
+    ids = {cell: arm_spec(cfg, *cell)[2] for cell in cells}
     return [have[i] for c, i in ids.items() if i in have], [c for c, i in ids.items() if i not in have]
 
 
@@ -163,14 +159,15 @@ def main(argv=None) -> int:
         if args.arms:
             cells = [(arm, seed) for arm in args.arms for seed in (args.seeds or cfg["seeds"])]
             for arm, seed in cells:
-                experiment.arm_spec(cfg, arm, seed)
+                arm_spec(cfg, arm, seed)
         else:
             cells = grid_cells(cfg, args.grid)
     except ValueError as err:
         ap.error(str(err))
-    run_grid(profile, cfg, cells, workers=args.workers or cfg.get("workers", 1))
+    run_grid(profile, cfg, cells, workers=args.workers or cfg.get("workers", default("workers")))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

@@ -75,4 +75,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from kl_utils import cli
+    sys.exit(cli.entry(main))

@@ -25,15 +25,15 @@ from tqdm.auto import tqdm
 
 from kl_utils.batching import lazy_batches
 from kl_utils.batching import pad_collate as collate  # the right-padded batch, kept under its old name
-
-OPTIMIZERS = ("adamw", "sam")
+from kl_utils.schema import LOGITS, OPTIMIZERS, PRECISIONS  # noqa: F401 (the valid names, re-exported)
+from kl_utils.schema import STAGE_DEFAULTS as DEFAULT  # a key a stage leaves out: kl_utils.schema
+from kl_utils.schema import default
 
 
 class TrainingForbidden(RuntimeError):
     """Raised by `train` when KL_NO_TRAIN is set (the redraw path must only read records)."""
 
 
-LOGITS = ("all", "labelled")
 # Model types whose logits are exactly lm_head(final hidden state): no soft-capping or scaling,
 # so `logits: labelled` may apply the head to the labelled positions alone.
 PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3")
@@ -43,9 +43,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-PRECISIONS = ("no", "bf16")
 
 
 def get_accelerator():
@@ -95,30 +92,30 @@ def lm_loss(model, batch: dict, logits: str = "all") -> torch.Tensor:
 
 def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
     """AdamW (no weight decay on norms and biases), or SAM with AdamW as base optimizer."""
-    name = cfg.get("optimizer", "adamw")
+    name = cfg.get("optimizer", DEFAULT["optimizer"])
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     decay, no_decay = [], []
     for pname, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.get("weight_decay", 0.0)},
+    groups = [{"params": decay, "weight_decay": cfg.get("weight_decay", DEFAULT["weight_decay"])},
               {"params": no_decay, "weight_decay": 0.0}]
-    base_kwargs = {"lr": cfg["lr"], "betas": tuple(cfg.get("betas", (0.9, 0.999)))}
+    base_kwargs = {"lr": cfg["lr"], "betas": tuple(cfg.get("betas", DEFAULT["betas"]))}
     if cfg.get("fused"):
         base_kwargs["fused"] = True  # one kernel for the whole update (CPU and CUDA, torch >= 2.4)
     if name == "adamw":
         return torch.optim.AdamW(groups, **base_kwargs)
     from kl_utils.sam import SAM
-    extra = {"every_k": cfg["sam_every_k"]} if cfg.get("sam_every_k", 1) != 1 else {}
-    return SAM(groups, torch.optim.AdamW, rho=cfg.get("rho", 0.05), adaptive=cfg.get("adaptive", False),
-               **extra, **base_kwargs)
+    extra = {"every_k": cfg["sam_every_k"]} if cfg.get("sam_every_k", DEFAULT["sam_every_k"]) != 1 else {}
+    return SAM(groups, torch.optim.AdamW, rho=cfg.get("rho", DEFAULT["rho"]),
+               adaptive=cfg.get("adaptive", DEFAULT["adaptive"]), **extra, **base_kwargs)
 
 
 def make_scheduler(optimizer, cfg: dict, total_steps: int):
     """Linear warm-up, then cosine decay to min_lr_frac of the peak learning rate."""
-    warmup = int(round(cfg.get("warmup_frac", 0.0) * total_steps))
-    floor = cfg.get("min_lr_frac", 0.0)
+    warmup = int(round(cfg.get("warmup_frac", DEFAULT["warmup_frac"]) * total_steps))
+    floor = cfg.get("min_lr_frac", DEFAULT["min_lr_frac"])
 
     def factor(step):
         if step < warmup:
@@ -131,7 +128,7 @@ def make_scheduler(optimizer, cfg: dict, total_steps: int):
 def steps_per_epoch(n_examples: int, cfg: dict) -> int:
     """Updates per epoch: micro-batches of batch_size / grad_accum, grouped by grad_accum (the
     last group of an epoch may be short)."""
-    accum = cfg.get("grad_accum", 1)
+    accum = cfg.get("grad_accum", DEFAULT["grad_accum"])
     return math.ceil(math.ceil(n_examples / (cfg["batch_size"] // accum)) / accum)
 
 
@@ -165,7 +162,8 @@ def _save_checkpoint(path, state: dict) -> None:
 
 
 def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, desc: str = "train",
-          callback=None, accelerator=None, checkpoint=None, checkpoint_every: int = 100) -> dict:
+          callback=None, accelerator=None, checkpoint=None,
+          checkpoint_every: int = default("checkpoint_every")) -> dict:
     """Train `model` in place on encoded examples ({input_ids, labels}); returns the history.
 
     callback(epoch, model) -> dict is called after each epoch (e.g. an evaluation); its results
@@ -181,9 +179,9 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
                                 "records); a record this needs is missing: `make reproduce` recomputes everything")
     set_seed(seed)
     accelerator = accelerator or get_accelerator()
-    precision = cfg.get("mixed_precision", "no")
+    precision = cfg.get("mixed_precision", DEFAULT["mixed_precision"])
     check_precision(precision)
-    accum = cfg.get("grad_accum", 1)
+    accum = cfg.get("grad_accum", DEFAULT["grad_accum"])
     micro = cfg["batch_size"] // accum
     if micro * accum != cfg["batch_size"]:
         raise ValueError(f"{desc}: batch_size {cfg['batch_size']} is not divisible by grad_accum {accum}")
@@ -214,7 +212,7 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
     # Bars honour TQDM_DISABLE / TQDM_MININTERVAL (set by `make reproduce` to keep notebooks small).
     bar = tqdm(total=n_steps, initial=step, desc=desc,
                **({} if accelerator.is_local_main_process else {"disable": True}))
-    mode = cfg.get("batching", "pad")
+    mode = cfg.get("batching", DEFAULT["batching"])
     while step < n_steps:
         if consumed == 0:
             epoch += 1
@@ -250,7 +248,7 @@ def _update(model, optimizer, micro_batches, cfg, accelerator, precision="no") -
     """One optimizer update over the gradient-accumulation micro-batches; returns the mean loss."""
     def loss_fn(m, batch):
         with autocast_context(precision, accelerator.device):
-            return lm_loss(m, batch, cfg.get("logits", "all"))
+            return lm_loss(m, batch, cfg.get("logits", DEFAULT["logits"]))
     inner = getattr(optimizer, "optimizer", optimizer)
     if hasattr(inner, "first_step"):
         from kl_utils.sam import sam_update  # lazily: only SAM runs need it

@@ -1,3 +1,9 @@
+import inspect
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -67,3 +73,72 @@ def test_lr_ablation_of_an_unknown_arm_is_a_clear_error():
     from kl_utils.experiment import all_arms
     with pytest.raises(ValueError, match=r"ablations.lr.arms names 'nope'"):
         all_arms({"arms": {"sam": {}}, "cpt": {"lr": 1e-3}, "ablations": {"lr": {"arms": ["nope"], "factors": [2.0]}}})
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema (kl_utils.schema): checks before any work, adds nothing to what is hashed
+
+def _raw(name: str) -> dict:
+    """A profile's config straight from its YAML files (the parent's merged in), unchecked."""
+    doc = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
+    return config.merge(_raw(doc["extends"]), doc["config"]) if doc.get("extends") else doc["config"]
+
+
+def test_validation_adds_nothing_to_the_config():
+    for name in config.available_profiles():
+        raw = _raw(name)
+        assert config.load_config(name)[1] == raw and config.read_profile(name) == raw, name
+
+
+def test_every_committed_arm_record_matches_its_profiles_run_id():
+    """Every arm record under results/<profile>/runs (not runs-v1, records of an older cpu config) has
+    the run id its profile gives its arm and seed today: the schema changed no run id."""
+    from kl_utils import experiment
+    from kl_utils.paths import ROOT
+    mismatched, checked = {}, {}
+    for runs in sorted((ROOT / "results").glob("*/runs")):
+        profile = runs.parent.name
+        cfg = config.read_profile(profile)
+        for path in sorted(runs.glob("*.json")):
+            rec = json.loads(path.read_text())
+            if rec.get("kind") != "arm":
+                continue
+            checked[profile] = checked.get(profile, 0) + 1
+            if experiment.arm_spec(cfg, rec["arm"], rec["seed"])[2] != rec["run_id"]:
+                mismatched.setdefault(profile, []).append(rec["run_id"])
+    assert {"cpu", "cpu-full", "cpu-base1", "cpu-impl"} <= set(checked) and sum(checked.values()) >= 278
+    assert mismatched == {}
+
+
+def test_defaults_are_written_once():
+    from kl_utils import batching, schema, train
+    assert schema.default("checkpoint_every") == 100  # every committed record was made with 100
+    assert inspect.signature(train.train).parameters["checkpoint_every"].default == schema.default("checkpoint_every")
+    assert config.IMPLEMENTATION_DEFAULTS == {"batching": "pad", "logits": "all", "fused": False}  # run ids hash these
+    assert train.OPTIMIZERS == ("adamw", "sam") and batching.MODES == schema.BATCHING
+    assert schema.default("cpt.betas") == (0.9, 0.999) and schema.default("data.valid_frac") == 0.1
+    for stage in ("base", "cpt", "it"):  # every train key has a default or is required (epochs | max_steps, ...)
+        assert set(schema.TRAIN) <= set(schema.SCHEMA[stage])
+
+
+def test_checking_a_profile_imports_no_torch_and_takes_milliseconds():
+    code = ("import sys, time; t = time.time(); from kl_utils import config\n"
+            "for p in config.available_profiles(): config.load_config(p)\n"
+            "assert 'torch' not in sys.modules and 'datasets' not in sys.modules, 'heavy import'\n"
+            "print(time.time() - t)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=config.ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(config.ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) < 1.5
+
+
+def test_injected_config_is_checked_too():
+    with pytest.raises(config.ProfileError, match=r"injected for profile smoke: key cpt.rho: is -1"):
+        config.load_config("smoke", {**config.read_profile("smoke"), "cpt": {"rho": -1}})
+
+
+def test_suggestions():
+    from kl_utils import schema
+    assert schema.suggestion("learning_rate", schema.TRAIN) == "lr"
+    assert schema.suggestion("batchsize", schema.TRAIN) == "batch_size"
+    assert schema.suggestion("zzz", schema.TRAIN) is None

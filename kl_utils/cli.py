@@ -1,0 +1,80 @@
+"""One command line for the study: `python -m kl_utils <verb> [options]`.
+
+Each verb hands its options to a module's own main(argv), so `python -m kl_utils <verb> --help`
+is that module's help and `python -m kl_utils.<module>` keeps working. A profile that cannot be
+used (unknown name, a file that is missing, not YAML or wrong: kl_utils.schema) ends the command
+with one line naming the file and the key, exit code 1 (2 for an unknown profile name), and no
+traceback; `--debug` shows it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from kl_utils.config import load_config
+from kl_utils.schema import ProfileError
+
+# verb: (module, arguments put before the user's, what it does)
+VERBS = {
+    "run": ("kl_utils.run", [], "run a grid of arms x seeds (runs that have a record are skipped)"),
+    "plan": ("kl_utils.plan", [], "print the runs of a profile's grid: run ids, steps, gradient evaluations, "
+                                  "records, time; trains nothing"),
+    "reproduce": ("kl_utils.reproduce", [], "recompute every run in a fresh tree, redraw, compare with the "
+                                            "committed records"),
+    "figures": ("kl_utils.reproduce", ["--redraw"], "redraw figures, tables, claims and report from the committed "
+                                                    "records (= reproduce --redraw)"),
+    "claims": ("kl_utils.claims", [], "write claims.csv (the verdicts) of a profile"),
+    "report": ("kl_utils.report", [], "write claims.csv and REPORT.md of a profile"),
+    "bench": ("kl_utils.bench", [], "speed benchmarks"),
+    "documents": ("kl_utils.documents", [], "validate or convert a document dataset (validate | convert)"),
+    "gpu-check": ("kl_utils.paper", ["gpu-check"], "throughput, MFU and peak memory of a profile's CPT update on GPU"),
+}
+
+# Verbs whose --profile is checked (kl_utils.schema) before their module is imported.
+PROFILE_VERBS = ("run", "plan", "reproduce", "figures", "claims", "report", "gpu-check")
+_PROFILE = argparse.ArgumentParser(add_help=False)
+_PROFILE.add_argument("--profile")
+
+
+def entry(main, argv=None) -> int:
+    """Run a module's main(argv) as a command: a ProfileError is one line on stderr and its exit
+    code, not a traceback (unless --debug is among the arguments, which is then taken out)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        out = main(argv)
+    except ProfileError as err:
+        if debug:
+            traceback.print_exc()
+        print(err, file=sys.stderr)
+        return err.exit_code
+    return out if isinstance(out, int) else 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m kl_utils", description=__doc__.split("\n\n")[1].replace("\n", " "),
+                                 epilog="`python -m kl_utils VERB --help` shows the options of a verb.")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a profile error")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, (_, _, text) in VERBS.items():
+        sub.add_parser(verb, help=text, add_help=False)  # --help goes to the verb's module
+    args, rest = ap.parse_known_args(argv)
+    module, before, _ = VERBS[args.verb]
+    rest = before + rest + (["--debug"] if args.debug else [])
+    if args.verb in PROFILE_VERBS:  # a bad profile is rejected before the module imports torch
+        profile = _PROFILE.parse_known_args(rest)[0].profile
+        code = entry(lambda _: load_config(profile) and 0, rest) if profile else 0
+        if code:
+            return code
+    run = importlib.import_module(module).main
+    try:  # kl_utils.documents reads no profile and has its own one-line errors and --debug
+        return run(rest) if args.verb == "documents" else entry(run, rest)
+    except SystemExit as stop:  # argparse in the module (--help, a usage error)
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+            return 1
+        return stop.code or 0
