@@ -14,7 +14,12 @@ import sys
 import traceback
 
 from kl_utils.config import load_config
+from kl_utils.doc_read import DocumentFormatError
+from kl_utils.pretrained import PackagedModelMissing
 from kl_utils.schema import ProfileError
+
+# Errors in what the user gave (a profile, a document file, a missing model wheel): one line each.
+USER_ERRORS = (ProfileError, DocumentFormatError, PackagedModelMissing)
 
 # verb: (module, arguments put before the user's, what it does)
 VERBS = {
@@ -39,18 +44,19 @@ _PROFILE.add_argument("--profile")
 
 
 def entry(main, argv=None) -> int:
-    """Run a module's main(argv) as a command: a ProfileError is one line on stderr and its exit
-    code, not a traceback (unless --debug is among the arguments, which is then taken out)."""
+    """Run a module's main(argv) as a command: a user error (USER_ERRORS: a bad profile, a bad document
+    file a profile names, a missing model wheel) is one line on stderr and its exit code, not a
+    traceback (unless --debug is among the arguments, which is then taken out)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
         out = main(argv)
-    except ProfileError as err:
+    except USER_ERRORS as err:
         if debug:
             traceback.print_exc()
         print(err, file=sys.stderr)
-        return err.exit_code
+        return getattr(err, "exit_code", 1)
     return out if isinstance(out, int) else 0
 
 

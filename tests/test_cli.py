@@ -122,3 +122,20 @@ def test_plan_without_the_models_data_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("profile paper: cannot count the steps without the data and tokenizer of Qwen/Qwen2-1.5B: ")
+
+
+def test_a_bad_document_file_named_by_a_profile_is_one_line(tmp_path, monkeypatch, capsys):
+    """`run` on a profile whose data.documents is malformed stops before any training with the
+    document error's one line (file, line, layout), exit 1, no traceback."""
+    import yaml
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path / "results"))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": 1, "text": "x", "qa": [{"question": "q", "answer": "a"}]}\n{bad json\n')
+    prof = yaml.safe_load((ROOT / "profiles" / "paper-wiki.yaml").read_text())
+    prof["profile"] = "badwiki"
+    prof["config"]["data"]["documents"] = str(docs)
+    path = tmp_path / "badwiki.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    assert cli.main(["run", "--profile", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{docs}:2: is not valid JSON") and "Traceback" not in err[0]
