@@ -53,6 +53,11 @@ def test_compare_profile_reports_changes(tmp_path):
     assert "1 claim verdict(s) changed" in line
     md = compare.markdown("p", res)
     assert "supported +0.100" in md and "inconclusive +0.020" in md and "`c`" in md
+    # a record made from other inputs (its config differs) is reported as such, not as a failure
+    old_a = json.loads((tmp_path / "old" / "runs" / "a.json").read_text())
+    (tmp_path / "new" / "runs" / "a.json").write_text(json.dumps(dict(old_a, config={"wiki": "sample"}, metrics={"test_em": 0.5})))
+    line = compare.summary_line(compare.compare_profile("p", tmp_path / "old", tmp_path / "new"))
+    assert "0 identical, 1 differ" in line and "1 made from other inputs (a)" in line
 
 
 def test_reuse_or_write(tmp_path, monkeypatch):
