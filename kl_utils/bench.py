@@ -18,8 +18,6 @@ mode for 2 seeds (shortened schedule) and prints held-out QA: does batching chan
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import statistics
 import subprocess
@@ -30,6 +28,7 @@ from functools import partial
 
 import torch
 
+from kl_utils.bench_trainer import first_batches, hf_trainer_run, labelled_tokens
 from kl_utils import batching, bench_sam, data, evaluate
 from kl_utils import train as train_mod
 from kl_utils.config import IMPLEMENTATION_DEFAULTS
@@ -77,11 +76,6 @@ def _cached_base(profile: str, cfg: dict, tok):
     return build_model(cfg["model"], tok, seed=0), "random init"
 
 
-def _labelled(batch: dict) -> int:
-    """Tokens that carry loss (the causal shift drops each row's first label)."""
-    return int((batch["labels"][:, 1:] != -100).sum())
-
-
 def _median_tokens_per_s(runs: dict) -> dict:
     return {k: statistics.median(tok / s for tok, s in v) for k, v in runs.items()}
 
@@ -92,38 +86,6 @@ def variant_config(cfg: dict, variant: str) -> dict:
 
 
 # ---------------------------------------------------------------- training throughput
-def _hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir, optim=None, bf16=False):
-    from transformers import Trainer, TrainingArguments
-    counted = []
-
-    def collate(b):
-        batch = batching.pad_collate(b, pad_id)
-        counted.append(_labelled(batch))
-        return batch
-    args = TrainingArguments(
-        output_dir=out_dir, per_device_train_batch_size=cfg["batch_size"], max_steps=n_steps,
-        learning_rate=cfg["lr"], weight_decay=cfg["weight_decay"], adam_beta1=cfg["betas"][0],
-        adam_beta2=cfg["betas"][1], warmup_steps=max(1, int(cfg["warmup_frac"] * n_steps)),
-        lr_scheduler_type="cosine", max_grad_norm=cfg["grad_clip"], logging_strategy="no",
-        save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=seed,
-        dataloader_num_workers=0, remove_unused_columns=False, bf16=bf16, **({"optim": optim} if optim else {}))
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collate)
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its summary dict
-        trainer.train()
-    return sum(counted), time.perf_counter() - t0
-
-
-def first_batches(examples, micro, pad_id, seed, mode, n) -> list[dict]:
-    """The first n micro-batches train.train sees (grad_accum 1), running on into later epochs
-    when an epoch has fewer than n: the tokens a timed n-step run really trains on."""
-    out, epoch = [], 0
-    while len(out) < n:
-        epoch += 1
-        out += list(batching.lazy_batches(examples, micro, pad_id, seed, epoch, mode)[:n - len(out)])
-    return out
-
-
 def train_throughput(cfg, tok, examples, *, stage="cpt", n_steps=TRAIN_STEPS, repeats=3, modes=tuple(VARIANTS),
                      seed=0, verbose=True) -> dict:
     """Labelled tokens/s of train.train (each variant) and of HF Trainer, alternating, with the
@@ -133,7 +95,7 @@ def train_throughput(cfg, tok, examples, *, stage="cpt", n_steps=TRAIN_STEPS, re
     tcfg["max_steps"] = n_steps
     pad = tok.pad_token_id
     micro = tcfg["batch_size"] // tcfg.get("grad_accum", 1)
-    useful = {m: sum(_labelled(b) for b in first_batches(examples, micro, pad, seed, VARIANTS[m]["batching"], n_steps))
+    useful = {m: sum(labelled_tokens(b) for b in first_batches(examples, micro, pad, seed, VARIANTS[m]["batching"], n_steps))
               for m in modes}
     # hf_trainer: Trainer's defaults (fused AdamW on torch >= 2.8); hf_trainer_foreach: the same
     # Trainer with the foreach AdamW train.py uses, to separate the loop from the optimizer kernel.
@@ -144,7 +106,7 @@ def train_throughput(cfg, tok, examples, *, stage="cpt", n_steps=TRAIN_STEPS, re
             for m in (names if rep % 2 == 0 else names[::-1]):
                 model = build_model(cfg["model"], tok, seed=seed)
                 if m.startswith("hf_trainer"):
-                    result = _hf_trainer_run(model, examples, tcfg, n_steps, pad, seed, tmp,
+                    result = hf_trainer_run(model, examples, tcfg, n_steps, pad, seed, tmp,
                                              optim="adamw_torch" if m == "hf_trainer_foreach" else None)
                 else:
                     t0 = time.perf_counter()
@@ -200,7 +162,7 @@ def _step_rate(model, batches, n_rounds=1) -> float:
     for _ in range(n_rounds):
         for b in batches:
             model(**b).loss.backward()
-    return n_rounds * sum(_labelled(b) for b in batches) / (time.perf_counter() - t0)
+    return n_rounds * sum(labelled_tokens(b) for b in batches) / (time.perf_counter() - t0)
 
 
 def threads_bench(cfg, tok, examples, *, repeats=3, compile_timeout=None, verbose=True) -> dict:

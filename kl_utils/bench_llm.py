@@ -23,7 +23,7 @@ import torch
 
 from kl_utils import data, experiment
 from kl_utils import train as train_mod
-from kl_utils.bench import _hf_trainer_run, _labelled, first_batches
+from kl_utils.bench_trainer import first_batches, hf_trainer_run, labelled_tokens
 from kl_utils.config import read_profile
 
 PROFILE = "cpu-llm"
@@ -51,7 +51,7 @@ def run(steps: int = 6, rounds: int = 2, verbose: bool = True) -> dict:
     ds, tok, _ = experiment.prepare_data(PROFILE, experiment.seed_config(cfg, 0))
     docs = data.encode_documents(data.documents(ds, population="new"), tok)
     micro = cfg["cpt"]["batch_size"]
-    useful = {m: sum(_labelled(b) for b in first_batches(docs, micro, tok.pad_token_id, 0, mode, steps))
+    useful = {m: sum(labelled_tokens(b) for b in first_batches(docs, micro, tok.pad_token_id, 0, mode, steps))
               for m, mode in (("pack", "pack"), ("pad", "pad"))}
     seconds = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +61,7 @@ def run(steps: int = 6, rounds: int = 2, verbose: bool = True) -> dict:
             for v in (VARIANTS if rnd % 2 == 0 else VARIANTS[::-1]):
                 model = _model(cfg)
                 if v == "hf_trainer_bf16":
-                    n, s = _hf_trainer_run(model, docs, _stage_cfg(cfg, v, steps), steps, tok.pad_token_id, 0, tmp,
+                    n, s = hf_trainer_run(model, docs, _stage_cfg(cfg, v, steps), steps, tok.pad_token_id, 0, tmp,
                                            bf16=True)
                     useful["hf"] = n
                 else:
