@@ -95,6 +95,10 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     from kl_utils import experiment  # torch: imported once the profile has been checked
     ds, tok, _ = experiment.prepare_data(profile, cfg)
     todo = cell_records(profile, cfg, cells)[1]
+    if todo and os.environ.get("KL_NO_TRAIN"):  # a redraw (make figures): draw what has records, name the rest
+        log(f"{len(todo)} of {len(cells)} runs have no record and training is off (a redraw from records): "
+            f"`python -m kl_utils run --profile {profile}` or `make reproduce PROFILE={profile}` makes them")
+        return sorted(cell_records(profile, cfg, cells)[0], key=lambda r: r["run_id"])
     if todo and cfg["base"].get("enabled", default("base.enabled")):  # once, with all threads, before the workers need it
         experiment.base_model(profile, cfg, ds, tok, log=log)
     log(f"{len(cells) - len(todo)} of {len(cells)} runs already have records; {len(todo)} to run "

@@ -176,3 +176,13 @@ def test_kill_9_then_resume_gives_the_same_result(tmp_path):
     assert 30 <= step_at_kill < resumed["optimizer_steps"]["cpt"]
     assert resumed["metrics"] == fresh["metrics"]
     assert resumed["history"]["cpt"]["loss"] == fresh["history"]["cpt"]["loss"]
+
+
+def test_run_grid_in_a_redraw_trains_nothing_and_names_the_command(tiny_cfg, monkeypatch):
+    """With training off (make figures), a grid whose runs have no record is drawn from the records it has
+    (none here), with one line naming the command that makes the rest; nothing is trained."""
+    monkeypatch.setenv("KL_NO_TRAIN", "1")
+    lines = []
+    out = run.run_grid("toy", tiny_cfg, run.grid_cells(tiny_cfg, "main"), workers=1, log=lines.append)
+    assert out == [] and len(lines) == 1
+    assert lines[0].startswith("5 of 5 runs have no record and training is off") and "make reproduce PROFILE=toy" in lines[0]
