@@ -75,6 +75,9 @@ COMPARISONS = [
     ("C7", "para4_2x", "para4_format_sam", "steps", "format + SAM on top of paraphrases vs the paraphrases for as many steps"),
     ("C7", "para4_4x", "para4_format_sam", "compute", "format + SAM on top of paraphrases vs the paraphrases with as many gradients"),
     ("C2", "baseline", "para4", "steps", "4 paraphrases per person vs 1 biography, same steps"),
+    # cpu-llm's compute controls: AdamW at 4x the CPT epochs has format + SAM's (epoch-matched) gradient evaluations
+    ("C5", "baseline_4x", "format_sam", "compute", "format + SAM vs AdamW with as many gradient evaluations (4x epochs)"),
+    ("regime", "baseline_2x", "baseline_4x", "epochs", "AdamW: 4x vs 2x the CPT epochs"),
     ("regime", "para4", "para4_2x", "epochs", "4 paraphrases: 2x vs 1x the epochs"),
 ]
 
