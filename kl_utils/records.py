@@ -38,6 +38,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+# The commit of the code a long-running process loaded: taken when its work starts (run.run_grid, a
+# worker's first run), not when a record is written minutes or hours later, when HEAD may have moved.
+_PINNED_COMMIT: str | None = None
+
+
+def pin_commit(commit: str | None = None) -> str:
+    """Record this process's commit now, or the given one (a worker gets its parent's); idempotent.
+    environment() then reports it."""
+    global _PINNED_COMMIT
+    if _PINNED_COMMIT is None:
+        _PINNED_COMMIT = commit or git_commit()
+    return _PINNED_COMMIT
+
+
 def package_versions() -> dict[str, str]:
     out = {}
     for name in PACKAGES:
@@ -72,7 +86,7 @@ def cpu_info() -> dict:
 
 def environment() -> dict:
     import torch
-    return {"git_commit": git_commit(), "packages": package_versions(),
+    return {"git_commit": _PINNED_COMMIT or git_commit(), "packages": package_versions(),
             "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "cpu": cpu_info(),
             "torch_threads": torch.get_num_threads(),

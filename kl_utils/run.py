@@ -58,11 +58,13 @@ def estimated_cost(cfg: dict, ds, arm: str) -> float:
                for s, n in grads.items())
 
 
-def _run_cell(profile: str, cfg: dict, arm: str, seed: int, threads: int) -> dict:
-    """One run in a worker process (quiet: the parent's bar reports progress)."""
+def _run_cell(profile: str, cfg: dict, arm: str, seed: int, threads: int, commit: str | None = None) -> dict:
+    """One run in a worker process (quiet: the parent's bar reports progress); its records name the
+    commit the parent pinned when the grid started."""
     import torch
 
     from kl_utils import experiment
+    records.pin_commit(commit)
     torch.set_num_threads(threads)
     cfg = dict(cfg, threads=threads)
     ds, tok, _ = experiment.prepare_data(profile, cfg)
@@ -93,6 +95,7 @@ def _environ(**values):
 def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int = 2, log=print) -> list[dict]:
     """Run every cell that has no record yet; returns the arm records of all cells."""
     from kl_utils import experiment  # torch: imported once the profile has been checked
+    records.pin_commit()  # records name the code this process loaded, not HEAD when they are written
     ds, tok, _ = experiment.prepare_data(profile, cfg)
     todo = cell_records(profile, cfg, cells)[1]
     if todo and os.environ.get("KL_NO_TRAIN"):  # a redraw (make figures): draw what has records, name the rest
@@ -116,7 +119,7 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
         # tqdm reads TQDM_DISABLE when it is imported, so the workers must inherit it from their
         # start: their per-stage bars would otherwise interleave with the grid bar.
         with _environ(TQDM_DISABLE="1"), worker_pool(workers) as pool:
-            futures = {pool.submit(_run_cell, profile, cfg, arm, seed, 1): (arm, seed) for arm, seed in todo}
+            futures = {pool.submit(_run_cell, profile, cfg, arm, seed, 1, records.pin_commit()): (arm, seed) for arm, seed in todo}
             for fut in as_completed(futures):
                 arm, seed = futures[fut]
                 try:

@@ -62,3 +62,14 @@ def test_git_commit_names_the_uncommitted_diff(tmp_path, monkeypatch):
     assert records.git_commit().startswith(f"{head}+dirty.") and records.git_commit() != first
     monkeypatch.setattr(records, "ROOT", tmp_path / "nowhere")
     assert records.git_commit() == "unknown"
+
+
+def test_records_name_the_commit_pinned_when_work_started(monkeypatch):
+    """A record written hours after its run started names the commit of the code the process loaded."""
+    from kl_utils import records
+    monkeypatch.setattr(records, "_PINNED_COMMIT", None)
+    assert records.pin_commit("abc123") == "abc123" and records.pin_commit("later") == "abc123"
+    assert records.environment()["git_commit"] == "abc123"
+    monkeypatch.setattr(records, "_PINNED_COMMIT", None)
+    monkeypatch.setattr(records, "git_commit", lambda: "head-now")
+    assert records.environment()["git_commit"] == "head-now"  # nothing pinned: HEAD when written

@@ -186,3 +186,12 @@ def test_run_grid_in_a_redraw_trains_nothing_and_names_the_command(tiny_cfg, mon
     out = run.run_grid("toy", tiny_cfg, run.grid_cells(tiny_cfg, "main"), workers=1, log=lines.append)
     assert out == [] and len(lines) == 1
     assert lines[0].startswith("5 of 5 runs have no record and training is off") and "make reproduce PROFILE=toy" in lines[0]
+
+
+def test_worker_records_name_the_commit_the_grid_started_at(tiny_cfg, monkeypatch):
+    """Two worker processes: their records carry the commit the parent pinned at the grid's start."""
+    monkeypatch.setattr(records, "_PINNED_COMMIT", "pinned-at-start")
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(paths.ROOT / "results"))  # spawned workers see no monkeypatched ROOT
+    cells = [("baseline", 0), ("format_steps", 0)]
+    out = run.run_grid("toy", tiny_cfg, cells, workers=2, log=lambda *a: None)
+    assert len(out) == 2 and {r["env"]["git_commit"] for r in out} == {"pinned-at-start"}
