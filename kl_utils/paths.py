@@ -1,5 +1,6 @@
 """Every path resolved from the project root, never from the working directory (papermill runs in
 the caller's directory, nbval in the notebook's)."""
+import contextlib
 import os
 from pathlib import Path
 
@@ -30,3 +31,19 @@ def cache_dir(profile: str) -> Path:
 def figures_dir(profile: str) -> Path:
     """figures/<profile>; KL_FIGURES_ROOT moves the figures tree (a reproduction's fresh tree, tests)."""
     return Path(os.environ.get("KL_FIGURES_ROOT") or ROOT / "figures") / profile
+
+
+@contextlib.contextmanager
+def environ(**values):
+    """Set environment variables (e.g. KL_RESULTS_ROOT) for the duration of the block, restoring what
+    was there before; processes and kernels started in it inherit them."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

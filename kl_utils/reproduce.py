@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from kl_utils import compare, records
 from kl_utils.config import load_config, resolve_profile
-from kl_utils.paths import ROOT
+from kl_utils.paths import ROOT, environ
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 KERNEL = "kl-study"
@@ -71,18 +70,13 @@ def run_notebooks(profile: str, out_dir: Path, env: dict, log=print) -> dict[str
     params = yaml.safe_load(resolved_parameters(profile))
     out_dir.mkdir(parents=True, exist_ok=True)
     times = {}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environ(**env):
         for nb in notebooks(params["config"]):
             log(f"== {nb.name} (profile {profile})")
             t0 = time.time()
             papermill.execute_notebook(str(nb), str(out_dir / nb.name), parameters=params, kernel_name=KERNEL,
                                        cwd=str(NOTEBOOKS_DIR), log_output=True, progress_bar=False)
             times[nb.name] = round(time.time() - t0)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return times
 
 
@@ -154,12 +148,10 @@ def reproduce(profile: str, *, results_root: Path, figures_root: Path, fresh: bo
     t0 = time.time()
     times = run_notebooks(profile, tree / "notebooks", env, log=log)
     state["notebook_s"] = {k: state["notebook_s"].get(k, 0) + v for k, v in times.items()}
-    os.environ.update({k: env[k] for k in ("KL_RESULTS_ROOT", "KL_FIGURES_ROOT")})
     from kl_utils import notebooks as nb_tools, report
-    nb_tools.write_timing(profile, state["notebook_s"])
-    report.write_report(profile, cfg)  # again, now with the end-to-end wall time
-    for k in ("KL_RESULTS_ROOT", "KL_FIGURES_ROOT"):
-        os.environ.pop(k)
+    with environ(KL_RESULTS_ROOT=env["KL_RESULTS_ROOT"], KL_FIGURES_ROOT=env["KL_FIGURES_ROOT"]):
+        nb_tools.write_timing(profile, state["notebook_s"])
+        report.write_report(profile, cfg)  # again, now with the end-to-end wall time
     result = compare.compare_profile(profile, committed=results_root / profile, fresh=tree / "results" / profile)
     result.update(wall_time_s=sum(state["notebook_s"].values()), this_run_s=round(time.time() - t0),
                   resumed=state["resumed"], started=state["started"], commit=state["commit"])
@@ -169,11 +161,8 @@ def reproduce(profile: str, *, results_root: Path, figures_root: Path, fresh: bo
     state["complete"] = True
     records.atomic_write_json(tree / "state.json", state)
     if publish_results:
-        os.environ["KL_RESULTS_ROOT"] = str(tree / "results")
-        try:
+        with environ(KL_RESULTS_ROOT=str(tree / "results")):
             publish(profile, cfg, tree, results_root, figures_root, allow_dirty, log=log)
-        finally:
-            os.environ.pop("KL_RESULTS_ROOT")
     log(f"wrote {results_root / profile / 'REPRODUCTION.md'}")
     log(compare.summary_line(result))
     return result
@@ -184,9 +173,8 @@ def redraw(profile: str, *, results_root: Path, figures_root: Path, log=print) -
     profile, _ = load_config(profile)
     env = {"KL_RESULTS_ROOT": str(results_root), "KL_FIGURES_ROOT": str(figures_root), "KL_PROFILE": profile,
            "KL_NO_TRAIN": "1", **QUIET}
-    os.environ["KL_RESULTS_ROOT"] = str(results_root)
-    n = len(records.load_run_records(profile))
-    os.environ.pop("KL_RESULTS_ROOT")
+    with environ(KL_RESULTS_ROOT=str(results_root)):
+        n = len(records.load_run_records(profile))
     t0 = time.time()
     times = run_notebooks(profile, results_root / profile / "scratch", env, log=log)
     log(f"redrew the figures, tables, claims.csv and REPORT.md of {profile} from {n} committed run records "

@@ -13,7 +13,6 @@ estimated cost, shows the ETA.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from kl_utils import records
 from kl_utils.arms import arm_spec
 from kl_utils.config import load_config
+from kl_utils.paths import environ
 from kl_utils.parent_watch import die_with_parent
 from kl_utils.schema import default
 
@@ -77,21 +77,6 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
                                initargs=(os.getpid(),))
 
 
-@contextlib.contextmanager
-def _environ(**values):
-    """Set environment variables for the duration of the block (inherited by processes started in it)."""
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int = 2, log=print) -> list[dict]:
     """Run every cell that has no record yet; returns the arm records of all cells."""
     from kl_utils import experiment  # torch: imported once the profile has been checked
@@ -118,7 +103,7 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     elif todo:
         # tqdm reads TQDM_DISABLE when it is imported, so the workers must inherit it from their
         # start: their per-stage bars would otherwise interleave with the grid bar.
-        with _environ(TQDM_DISABLE="1"), worker_pool(workers) as pool:
+        with environ(TQDM_DISABLE="1"), worker_pool(workers) as pool:
             futures = {pool.submit(_run_cell, profile, cfg, arm, seed, 1, records.pin_commit()): (arm, seed) for arm, seed in todo}
             for fut in as_completed(futures):
                 arm, seed = futures[fut]
