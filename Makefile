@@ -70,7 +70,7 @@ bench: $(STAMP)
 
 # The controls notebook 06 reads (cpu: from cpu-full); then `make reproduce` redraws them.
 controls: $(STAMP)
-	@set -e; for grid in $$($(PY) -c 'from kl_utils.run import CONTROL_GRIDS; print(*CONTROL_GRIDS)'); do \
+	@set -e; for grid in $$($(PY) -c 'from kl_utils.config.arms import CONTROL_GRIDS; print(*CONTROL_GRIDS)'); do \
 	  echo "== cpu-full grid $$grid"; $(PY) -m kl_utils run --profile cpu-full --grid $$grid; done
 
 clean-env:

@@ -1,63 +1,43 @@
 """One command line for the study: `python -m kl_utils <verb> [options]`.
 
 Each verb hands its options to a module's own main(argv), so `python -m kl_utils <verb> --help`
-is that module's help and `python -m kl_utils.<module>` keeps working. A profile that cannot be
-used (unknown name, a file that is missing, not YAML or wrong: kl_utils.schema) ends the command
-with one line naming the file and the key, exit code 1 (2 for an unknown profile name), and no
-traceback; `--debug` shows it.
+is that module's help and `python -m kl_utils.<layer>.<module>` keeps working. A profile that cannot be
+used (unknown name, a file that is missing, not YAML or wrong: kl_utils.config.schema) ends the
+command with one line naming the file and the key, exit code 1 (2 for an unknown profile name), and
+no traceback (kl_utils.core.command); `--debug` shows it.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-import traceback
 
-from kl_utils.config import load_config
-from kl_utils.doc_read import DocumentFormatError
-from kl_utils.pretrained import PackagedModelMissing
-from kl_utils.schema import ProfileError
+from kl_utils.config.profiles import load_config
+from kl_utils.core.command import UserError, entry  # noqa: F401 (entry: re-exported)
 
 # Errors in what the user gave (a profile, a document file, a missing model wheel): one line each.
-USER_ERRORS = (ProfileError, DocumentFormatError, PackagedModelMissing)
+USER_ERRORS = (UserError,)
 
 # verb: (module, arguments put before the user's, what it does)
 VERBS = {
-    "run": ("kl_utils.run", [], "run a grid of arms x seeds (runs that have a record are skipped)"),
-    "plan": ("kl_utils.plan", [], "print the runs of a profile's grid: run ids, steps, gradient evaluations, "
-                                  "records, time; trains nothing"),
-    "reproduce": ("kl_utils.reproduce", [], "recompute every run in a fresh tree, redraw, compare with the "
-                                            "committed records"),
-    "figures": ("kl_utils.reproduce", ["--redraw"], "redraw figures, tables, claims and report from the committed "
-                                                    "records (= reproduce --redraw)"),
-    "claims": ("kl_utils.claims", [], "write claims.csv (the verdicts) of a profile"),
-    "report": ("kl_utils.report", [], "write claims.csv and REPORT.md of a profile"),
-    "bench": ("kl_utils.bench", [], "speed benchmarks"),
-    "documents": ("kl_utils.documents", [], "validate or convert a document dataset (validate | convert)"),
-    "gpu-check": ("kl_utils.paper", ["gpu-check"], "throughput, MFU and peak memory of a profile's CPT update on GPU"),
+    "run": ("kl_utils.protocol.run", [], "run a grid of arms x seeds (runs that have a record are skipped)"),
+    "plan": ("kl_utils.protocol.plan", [], "print the runs of a profile's grid: run ids, steps, gradient evaluations, "
+                                           "records, time; trains nothing"),
+    "reproduce": ("kl_utils.tools.reproduce", [], "recompute every run in a fresh tree, redraw, compare with the "
+                                                  "committed records"),
+    "figures": ("kl_utils.tools.reproduce", ["--redraw"], "redraw figures, tables, claims and report from the committed "
+                                                          "records (= reproduce --redraw)"),
+    "claims": ("kl_utils.reporting.claims", [], "write claims.csv (the verdicts) of a profile"),
+    "report": ("kl_utils.reporting.report", [], "write claims.csv and REPORT.md of a profile"),
+    "bench": ("kl_utils.tools.bench", [], "speed benchmarks"),
+    "documents": ("kl_utils.data.documents", [], "validate or convert a document dataset (validate | convert)"),
+    "gpu-check": ("kl_utils.tools.paper", ["gpu-check"], "throughput, MFU and peak memory of a profile's CPT update on GPU"),
 }
 
-# Verbs whose --profile is checked (kl_utils.schema) before their module is imported.
+# Verbs whose --profile is checked (kl_utils.config.schema) before their module is imported.
 PROFILE_VERBS = ("run", "plan", "reproduce", "figures", "claims", "report", "gpu-check")
 _PROFILE = argparse.ArgumentParser(add_help=False)
 _PROFILE.add_argument("--profile")
-
-
-def entry(main, argv=None) -> int:
-    """Run a module's main(argv) as a command: a user error (USER_ERRORS: a bad profile, a bad document
-    file a profile names, a missing model wheel) is one line on stderr and its exit code, not a
-    traceback (unless --debug is among the arguments, which is then taken out)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    try:
-        out = main(argv)
-    except USER_ERRORS as err:
-        if debug:
-            traceback.print_exc()
-        print(err, file=sys.stderr)
-        return getattr(err, "exit_code", 1)
-    return out if isinstance(out, int) else 0
 
 
 def main(argv=None) -> int:
@@ -77,7 +57,7 @@ def main(argv=None) -> int:
         if code:
             return code
     run = importlib.import_module(module).main
-    try:  # kl_utils.documents reads no profile and has its own one-line errors and --debug
+    try:  # kl_utils.data.documents reads no profile and has its own one-line errors and --debug
         return run(rest) if args.verb == "documents" else entry(run, rest)
     except SystemExit as stop:  # argparse in the module (--help, a usage error)
         if isinstance(stop.code, str):

@@ -40,7 +40,7 @@ def main(out_dir):
     torch.set_num_threads(1)
     from accelerate import Accelerator
 
-    from kl_utils.sam import SAM, sam_update
+    from kl_utils.training.sam import SAM, sam_update
 
     acc = Accelerator(cpu=True)
     assert acc.num_processes == WORLD, acc.num_processes

@@ -19,14 +19,14 @@ def shared_dir():
 @pytest.fixture(scope="module")
 def tok():
     """The word-level tokenizer of the synthetic data (shared by the test modules)."""
-    from kl_utils.experiment import vocabulary_texts
-    from kl_utils.tokenizer import build_word_tokenizer
+    from kl_utils.protocol.experiment import vocabulary_texts
+    from kl_utils.data.tokenizer import build_word_tokenizer
     return build_word_tokenizer(vocabulary_texts())
 
 
 @pytest.fixture(scope="module")
 def people():
-    from kl_utils import data
+    from kl_utils.data import dataset as data
     return data.build_people(TINY_DATA)
 
 

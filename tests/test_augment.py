@@ -1,4 +1,4 @@
-"""Tests of kl_utils.augment: formatting-based augmentation (claim C3), its exact inverse, the
+"""Tests of kl_utils.augment.formatting: formatting-based augmentation (claim C3), its exact inverse, the
 fact-preservation guarantee, and the audit against the rewriting baselines."""
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kl_utils import augment as A
-from kl_utils import bios
+from kl_utils.augment import formatting as A
+from kl_utils.data import bios
+from kl_utils.data.doc_layouts import clean_wiki_answer
 
 PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -198,7 +199,7 @@ def test_determinism_and_family_coverage():
 
 @pytest.fixture(scope="module")
 def bio_tokenizer():
-    from kl_utils.tokenizer import build_word_tokenizer
+    from kl_utils.data.tokenizer import build_word_tokenizer
     people = bios.generate_people(300, 11)
     rng = random.Random(0)
     docs = [(bios.render_biography(p, rng, bios.TEMPLATES)[0], [p[a] for a in bios.ATTRIBUTES]) for p in people]
@@ -232,7 +233,7 @@ def test_variants_tokenize_differently_without_unk(bio_tokenizer):
 @given(question=texts, answer=st.one_of(texts, st.sampled_from(["Paris", " 1. **x**", "", "\n"])),
        k=st.integers(0, 9), seed=st.integers(0, 2**32))
 def test_qa_variants_never_touch_the_answer(question, answer, k, seed):
-    from kl_utils.data import QA_ANSWER, QA_PROMPT
+    from kl_utils.data.dataset import QA_ANSWER, QA_PROMPT
     pairs = A.format_qa_variants(question, answer, k, seed)
     assert len(pairs) == k
     for prompt, ans in pairs:
@@ -311,6 +312,6 @@ def test_audit_wiki2023_bio():
 
 
 def test_clean_wiki_answer():
-    assert A.clean_wiki_answer("August 5, 1955.\nRef: <X - Wikipedia 1_2_3>") == "August 5, 1955"
-    assert A.clean_wiki_answer("UD Almería.\nRef: <A - Wikipedia 9>") == "UD Almería"
-    assert A.clean_wiki_answer("Yes") == "Yes"
+    assert clean_wiki_answer("August 5, 1955.\nRef: <X - Wikipedia 1_2_3>") == "August 5, 1955"
+    assert clean_wiki_answer("UD Almería.\nRef: <A - Wikipedia 9>") == "UD Almería"
+    assert clean_wiki_answer("Yes") == "Yes"

@@ -1,13 +1,13 @@
-"""Tests of kl_utils.augment_report (the helpers of notebooks/03_augmentation.ipynb)."""
+"""Tests of kl_utils.augment.audit (the helpers of notebooks/03_augmentation.ipynb)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from kl_utils import augment as A
-from kl_utils import augment_report as R
-from kl_utils.tokenizer import build_word_tokenizer
+from kl_utils.augment import formatting as A
+from kl_utils.augment import audit as R
+from kl_utils.data.tokenizer import build_word_tokenizer
 
 
 @pytest.fixture(scope="module")

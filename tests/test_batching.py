@@ -1,4 +1,4 @@
-"""Batching modes (kl_utils.batching): every example once per epoch, deterministic order, the same
+"""Batching modes (kl_utils.training.batching): every example once per epoch, deterministic order, the same
 labelled tokens and loss as padding, and no attention across packed examples."""
 import random
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kl_utils import batching, train
+from kl_utils.training import batching, train
 
 MODES = batching.MODES
 

@@ -1,7 +1,7 @@
-"""kl_utils.bench helpers at tiny size: the cpu-run breakdown and the figure table."""
+"""kl_utils.tools.bench helpers at tiny size: the cpu-run breakdown and the figure table."""
 import json
 
-from kl_utils import bench
+from kl_utils.tools import bench
 
 
 def test_time_breakdown_reads_timing_and_records(tmp_path, monkeypatch, capsys):
@@ -24,7 +24,9 @@ def test_time_breakdown_reads_timing_and_records(tmp_path, monkeypatch, capsys):
 
 def test_train_throughput_times_each_mode_and_both_trainers(tmp_path, monkeypatch):
     """Every variant of our loop and both Trainer optimizers get a positive labelled-tokens/s figure."""
-    from kl_utils import bench, data, paths
+    from kl_utils.core import paths
+    from kl_utils.data import dataset as data
+    from kl_utils.tools import bench
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     cfg, ds, tok = bench._setup("smoke")
     docs = data.encode_documents(data.documents(ds.filter(lambda r: r["population"] == "new")), tok)[:40]
@@ -35,7 +37,8 @@ def test_train_throughput_times_each_mode_and_both_trainers(tmp_path, monkeypatc
 
 def test_first_batches_run_on_into_the_next_epoch():
     """A timed run longer than an epoch trains on the next epoch's batches: count those tokens too."""
-    from kl_utils import batching, bench
+    from kl_utils.training import batching
+    from kl_utils.tools import bench
     ex = [{"input_ids": [1] + [5] * (3 + i % 7), "labels": [1] + [5] * (3 + i % 7)} for i in range(10)]
     got = bench.first_batches(ex, 4, 0, seed=1, mode="pad", n=5)  # 3 batches per epoch
     want = batching.make_batches(ex, 4, 0, 1, 1, "pad") + batching.make_batches(ex, 4, 0, 1, 2, "pad")[:2]
@@ -43,7 +46,7 @@ def test_first_batches_run_on_into_the_next_epoch():
 
 
 def test_implementation_check_pairs_arms_by_seed(tmp_path, monkeypatch):
-    from kl_utils import bench
+    from kl_utils.tools import bench
     monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
     for folder, ems in (("runs-v1", [0.10, 0.20, 0.30]), ("runs", [0.12, 0.21, 0.33])):
         (tmp_path / "cpu" / folder).mkdir(parents=True)

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from kl_utils import bios, data
+from kl_utils.data import bios, dataset as data
 from tests.conftest import TINY_DATA
 
 

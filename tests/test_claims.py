@@ -1,7 +1,8 @@
 """claims.csv is built only from run records, and a rebuild from the records reproduces it."""
 import pytest
 
-from kl_utils import claims, paths, records
+from kl_utils.core import paths, records
+from kl_utils.reporting import claims
 
 
 def _write(profile, arm, seed, test, valid=0.5):
@@ -121,7 +122,7 @@ def test_across_long_keeps_rows_shared_by_two_profiles(profile):
     assert by[profile]["verdict"] == "supported" and by["other"]["verdict"] == "contradicted"
     assert by["other"]["ci_low"] < by["other"]["diff"] < by["other"]["ci_high"] < 0
     import pandas as pd
-    from kl_utils import figures
+    from kl_utils.reporting import figures
     fig = figures.across_figure(pd.DataFrame(long))
     assert fig is not None and figures.across_figure(pd.DataFrame()) is None
 
@@ -196,7 +197,8 @@ def test_random_effects_over_base_model_pairs(monkeypatch, tmp_path):
     """Three profiles = three base models: the C3 row of each carries the within-pair CI of its own
     seeds and the random-effects estimate over the three pairs (REML + Hartung-Knapp), which becomes
     the primary estimate of the Holm verdict."""
-    from kl_utils import config, meta
+    from kl_utils.config import profiles as config
+    from kl_utils.analysis import meta
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     monkeypatch.delenv("KL_RESULTS_ROOT", raising=False)
     monkeypatch.setattr(config, "load_config", lambda prof=None, cfg=None: (prof, {}))

@@ -1,12 +1,16 @@
-"""`python -m kl_utils <verb>` (kl_utils.cli) and its `plan` verb (kl_utils.plan)."""
+"""`python -m kl_utils <verb>` (kl_utils.cli) and its `plan` verb (kl_utils.protocol.plan)."""
 import re
 import subprocess
 import sys
 
 import pytest
 
-from kl_utils import cli, config, data, experiment, plan, records
-from kl_utils.paths import ROOT
+from kl_utils import cli
+from kl_utils.core import records
+from kl_utils.data import dataset as data
+from kl_utils.config import profiles as config
+from kl_utils.protocol import experiment, plan
+from kl_utils.core.paths import ROOT
 
 
 @pytest.mark.parametrize("verb", list(cli.VERBS))
@@ -30,8 +34,8 @@ def test_no_verb_or_an_unknown_one_is_a_usage_error(capsys):
 
 def test_verbs_prefix_their_modules_arguments(monkeypatch):
     seen = {}
-    monkeypatch.setattr("kl_utils.reproduce.main", lambda argv: seen.setdefault("reproduce", argv) and 0)
-    monkeypatch.setattr("kl_utils.paper.main", lambda argv: seen.setdefault("paper", argv) and 0)
+    monkeypatch.setattr("kl_utils.tools.reproduce.main", lambda argv: seen.setdefault("reproduce", argv) and 0)
+    monkeypatch.setattr("kl_utils.tools.paper.main", lambda argv: seen.setdefault("paper", argv) and 0)
     assert cli.main(["figures", "--profile", "smoke"]) == 0
     assert cli.main(["gpu-check", "--profile", "paper", "--steps", "3"]) == 0
     assert seen == {"reproduce": ["--redraw", "--profile", "smoke"], "paper": ["gpu-check", "--profile", "paper", "--steps", "3"]}

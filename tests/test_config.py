@@ -7,8 +7,9 @@ import sys
 import pytest
 import yaml
 
-from kl_utils import config
-from kl_utils.paths import PROFILES_DIR
+from kl_utils.config import arms, profiles as config
+from kl_utils.core import spec
+from kl_utils.core.paths import PROFILES_DIR
 
 REQUIRED = ("data", "model", "base", "cpt", "it", "eval", "seeds")
 
@@ -22,7 +23,7 @@ def test_profiles_exist_and_are_complete():
         cfg = config.read_profile(name)  # with its parent's values when it `extends:` one
         for key in REQUIRED:
             assert key in cfg, f"{name}.yaml lacks config.{key}"
-        from kl_utils import experiment, run
+        from kl_utils.protocol import experiment, run
         for arm, seed in run.grid_cells(cfg) if cfg.get("grids") else []:
             experiment.arm_spec(cfg, arm, seed)  # every arm of every grid is defined
 
@@ -63,25 +64,25 @@ def test_injected_config_wins_and_is_copied():
 
 def test_merge_and_hash():
     a = {"x": {"y": 1, "z": 2}, "w": 3}
-    m = config.merge(a, {"x": {"y": 5}})
+    m = spec.merge(a, {"x": {"y": 5}})
     assert m == {"x": {"y": 5, "z": 2}, "w": 3} and a["x"]["y"] == 1
-    assert config.config_hash({"a": 1, "b": 2}) == config.config_hash({"b": 2, "a": 1})
-    assert config.config_hash({"a": 1}) != config.config_hash({"a": 2})
+    assert spec.config_hash({"a": 1, "b": 2}) == spec.config_hash({"b": 2, "a": 1})
+    assert spec.config_hash({"a": 1}) != spec.config_hash({"a": 2})
 
 
 def test_lr_ablation_of_an_unknown_arm_is_a_clear_error():
-    from kl_utils.experiment import all_arms
+    from kl_utils.protocol.experiment import all_arms
     with pytest.raises(ValueError, match=r"ablations.lr.arms names 'nope'"):
         all_arms({"arms": {"sam": {}}, "cpt": {"lr": 1e-3}, "ablations": {"lr": {"arms": ["nope"], "factors": [2.0]}}})
 
 
 # ---------------------------------------------------------------------------------------------
-# The schema (kl_utils.schema): checks before any work, adds nothing to what is hashed
+# The schema (kl_utils.config.schema): checks before any work, adds nothing to what is hashed
 
 def _raw(name: str) -> dict:
     """A profile's config straight from its YAML files (the parent's merged in), unchecked."""
     doc = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
-    return config.merge(_raw(doc["extends"]), doc["config"]) if doc.get("extends") else doc["config"]
+    return spec.merge(_raw(doc["extends"]), doc["config"]) if doc.get("extends") else doc["config"]
 
 
 def test_validation_adds_nothing_to_the_config():
@@ -93,8 +94,8 @@ def test_validation_adds_nothing_to_the_config():
 def test_every_committed_arm_record_matches_its_profiles_run_id():
     """Every arm record under results/<profile>/runs (not runs-v1, records of an older cpu config) has
     the run id its profile gives its arm and seed today: the schema changed no run id."""
-    from kl_utils import experiment
-    from kl_utils.paths import ROOT
+    from kl_utils.protocol import experiment
+    from kl_utils.core.paths import ROOT
     mismatched, checked = {}, {}
     for runs in sorted((ROOT / "results").glob("*/runs")):
         profile = runs.parent.name
@@ -111,10 +112,11 @@ def test_every_committed_arm_record_matches_its_profiles_run_id():
 
 
 def test_defaults_are_written_once():
-    from kl_utils import batching, schema, train
+    from kl_utils.config import schema
+    from kl_utils.training import batching, train
     assert schema.default("checkpoint_every") == 100  # every committed record was made with 100
     assert inspect.signature(train.train).parameters["checkpoint_every"].default == schema.default("checkpoint_every")
-    assert config.IMPLEMENTATION_DEFAULTS == {"batching": "pad", "logits": "all", "fused": False}  # run ids hash these
+    assert arms.IMPLEMENTATION_DEFAULTS == {"batching": "pad", "logits": "all", "fused": False}  # run ids hash these
     assert train.OPTIMIZERS == ("adamw", "sam") and batching.MODES == schema.BATCHING
     assert schema.default("cpt.betas") == (0.9, 0.999) and schema.default("data.valid_frac") == 0.1
     for stage in ("base", "cpt", "it"):  # every train key has a default or is required (epochs | max_steps, ...)
@@ -122,7 +124,7 @@ def test_defaults_are_written_once():
 
 
 def test_checking_a_profile_imports_no_torch_and_takes_milliseconds():
-    code = ("import sys, time; t = time.time(); from kl_utils import config\n"
+    code = ("import sys, time; t = time.time(); from kl_utils.config import profiles as config\n"
             "for p in config.available_profiles(): config.load_config(p)\n"
             "assert 'torch' not in sys.modules and 'datasets' not in sys.modules, 'heavy import'\n"
             "print(time.time() - t)")
@@ -138,7 +140,7 @@ def test_injected_config_is_checked_too():
 
 
 def test_suggestions():
-    from kl_utils import schema
+    from kl_utils.config import schema
     assert schema.suggestion("learning_rate", schema.TRAIN) == "lr"
     assert schema.suggestion("batchsize", schema.TRAIN) == "batch_size"
     assert schema.suggestion("zzz", schema.TRAIN) is None

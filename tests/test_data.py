@@ -1,9 +1,9 @@
 import datasets
 import pytest
 
-from kl_utils import data
-from kl_utils.experiment import vocabulary_texts
-from kl_utils.tokenizer import build_word_tokenizer
+from kl_utils.data import dataset as data
+from kl_utils.protocol.experiment import vocabulary_texts
+from kl_utils.data.tokenizer import build_word_tokenizer
 from tests.conftest import TINY_DATA
 
 

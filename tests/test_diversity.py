@@ -1,8 +1,11 @@
 """C2 runs: document sets at a fixed budget, a toy end-to-end run with its record, claim rows."""
 import pytest
 
-from kl_utils import data, diversity, experiment, records
-from kl_utils.config import read_profile
+from kl_utils.core import records
+from kl_utils.data import dataset as data
+from kl_utils.protocol import experiment
+from kl_utils.analysis import diversity
+from kl_utils.config.profiles import read_profile
 from tests.conftest import TINY_DATA
 
 

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import pytest
 
-from kl_utils import documents
+from kl_utils.data import documents
 from tests.test_documents import doc, film_fixture, wiki_item
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_no_traceback_reaches_stderr_of_the_real_cli(tmp_path, case):
     src = case.build(tmp_path)
     out = case.out(tmp_path) if case.out else tmp_path / "out.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # and the hub is not asked either
-    proc = subprocess.run([sys.executable, "-m", "kl_utils.documents", "convert", src, str(out)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "kl_utils.data.documents", "convert", src, str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
     named = str(tmp_path / case.named) if case.named else src

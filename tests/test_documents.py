@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from kl_utils import data, documents, evaluate
-from kl_utils.documents import DocumentFormatError
+from kl_utils.data import dataset as data, documents
+from kl_utils.training import evaluate
+from kl_utils.core.paths import WIKI_SAMPLE
+from kl_utils.data.documents import DocumentFormatError
 
-SAMPLE = Path(documents.__file__).parent / "data" / "wiki2023_bio_sample.jsonl"
+SAMPLE = WIKI_SAMPLE
 
 
 def doc(i, split="train", **kw):

@@ -4,7 +4,7 @@ import subprocess
 
 import yaml
 
-from kl_utils.paths import ROOT
+from kl_utils.core.paths import ROOT
 
 
 def _pins(lines):

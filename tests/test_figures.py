@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from kl_utils import figures  # noqa: E402
+from kl_utils.reporting import figures  # noqa: E402
 
 
 def _rec(arm, seed, em, epochs=12, sam=False, cpt_steps=228, it_steps=116):
@@ -65,7 +65,7 @@ def test_lr_tuning_table_marks_the_variant_best_on_valid_not_test():
     assert list(table["lr factor"]) == [0.5, 1.0, 2.0] and set(table.arm) == {"sam"}
     assert list(table.chosen) == [False, False, True] and table["seeds"].eq(3).all()
     # the table's choice is the claims rows' choice (one rule: claims.best_by_valid)
-    from kl_utils import claims
+    from kl_utils.reporting import claims
     chosen = table[table.chosen].iloc[0]
     assert claims.best_variant_by_valid(recs, "sam") == f"sam@lrx{chosen['lr factor']}"
 

@@ -6,7 +6,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from kl_utils import augment, augment_report as R, diversity, figures_analysis as fa, probe, sharpness  # noqa: E402
+from kl_utils.augment import formatting as augment, audit as R  # noqa: E402
+from kl_utils.analysis import diversity, probe, sharpness
+from kl_utils.reporting import figures_analysis as fa
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,13 @@
-"""Implementation keys of a training stage (kl_utils.train): `logits: labelled` gives the loss and
+"""Implementation keys of a training stage (kl_utils.training.train): `logits: labelled` gives the loss and
 gradients of the model's own loss; `fused: true` gives AdamW's updates; `batching: pack` with both
 trains like padded batches with full logits; none of them at its default value changes a run id."""
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from kl_utils import batching, config, train
+from kl_utils.config import arms
+from kl_utils.core import spec as core_spec
+from kl_utils.training import batching, train
 from tests.test_batching import _examples, _model
 
 
@@ -83,10 +85,10 @@ def test_fast_stage_trains_like_the_default_one():
 
 def test_implementation_keys_at_their_defaults_keep_the_hash():
     spec = {"data": {"seed": 0}, "cpt": {"lr": 1e-3}, "it": {"lr": 1e-3}, "base": {"epochs": 2}}
-    pinned = {**spec, "cpt": {"lr": 1e-3, **config.IMPLEMENTATION_DEFAULTS},
+    pinned = {**spec, "cpt": {"lr": 1e-3, **arms.IMPLEMENTATION_DEFAULTS},
               "base": {"epochs": 2, "batching": "pad"}}
-    assert config.config_hash(config.canonical_spec(pinned)) == config.config_hash(spec)
+    assert core_spec.config_hash(arms.canonical_spec(pinned)) == core_spec.config_hash(spec)
     for key, value in (("batching", "pack"), ("logits", "labelled"), ("fused", True)):
         changed = {**spec, "cpt": {"lr": 1e-3, key: value}}
-        assert config.config_hash(config.canonical_spec(changed)) != config.config_hash(spec)
-    assert config.canonical_spec({"data": {"batching": "pad"}}) == {"data": {"batching": "pad"}}  # stages only
+        assert core_spec.config_hash(arms.canonical_spec(changed)) != core_spec.config_hash(spec)
+    assert arms.canonical_spec({"data": {"batching": "pad"}}) == {"data": {"batching": "pad"}}  # stages only

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from kl_utils import meta, stats
+from kl_utils.analysis import meta, stats
 
 
 def test_t_distribution_against_known_values():

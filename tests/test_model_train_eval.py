@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
-from kl_utils import data, evaluate, train
-from kl_utils.model import build_model, load_model, n_parameters
-from kl_utils.tokenizer import load_tokenizer
+from kl_utils.data import dataset as data
+from kl_utils.training import evaluate, train
+from kl_utils.training.model import build_model, load_model, n_parameters
+from kl_utils.data.tokenizer import load_tokenizer
 from tests.conftest import TINY_DATA
 
 TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
@@ -123,7 +124,7 @@ def test_exact_match_normalization(pred, gold, em):
 
 def test_gold_round_trip_makes_perfect_predictions_match(tok):
     """Every answer value of the bioS pools, when generated token by token, counts as a hit."""
-    from kl_utils import bios
+    from kl_utils.data import bios
     fields = bios.load_fields()
     values = list(fields["city"]) + list(fields["university"]) + [c for pair in fields["company"] for c in pair]
     for v in values:

@@ -4,11 +4,11 @@ import re
 import nbformat
 import pytest
 
-from kl_utils.notebooks import publish
-from kl_utils.paths import ROOT
+from kl_utils.tools.notebooks import publish
+from kl_utils.core.paths import ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Notebooks are thin: a cell calls kl_utils (kl_utils.figures / figures_analysis draw, claims and
+# Notebooks are thin: a cell calls kl_utils (kl_utils.reporting.figures / figures_analysis draw, claims and
 # stats make the tables) and shows or saves what comes back; no cell defines functions or draws.
 MAX_CELL_LINES = 25
 DRAWING = re.compile(r"\bsns\.|import seaborn|plt\.(?!show\(\))\w+|\bax(es)?\b[.\[]|^\s*(def|class) ", re.M)

@@ -6,11 +6,15 @@ import json
 import pytest
 import torch
 
-from kl_utils import documents, experiment, paper, paths
-from kl_utils.config import read_profile
+from kl_utils.core import paths
+from kl_utils.core.paths import WIKI_SAMPLE
+from kl_utils.data import documents
+from kl_utils.protocol import experiment
+from kl_utils.tools import paper
+from kl_utils.config.profiles import read_profile
 from tests.conftest import TINY_DATA
 
-SAMPLE = documents.Path(documents.__file__).parent / "data" / "wiki2023_bio_sample.jsonl"
+SAMPLE = WIKI_SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +120,8 @@ def test_gpu_check_runs_on_cpu_at_tiny_size(paper_cfg):
 
 
 def test_generation_stops_at_newline_with_a_bpe_tokenizer(tiny_qwen2):
-    from kl_utils import evaluate
-    from kl_utils.tokenizer import load_tokenizer
+    from kl_utils.training import evaluate
+    from kl_utils.data.tokenizer import load_tokenizer
     tok = load_tokenizer(tiny_qwen2)
     newline = tok("\n", add_special_tokens=False)["input_ids"]
     assert len(newline) == 1 and newline[0] in evaluate.stop_token_ids(tok)

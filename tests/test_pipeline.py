@@ -3,8 +3,10 @@ import json
 
 import pytest
 
-from kl_utils import bios, experiment, paths, records
-from kl_utils.config import read_profile
+from kl_utils.core import paths, records
+from kl_utils.data import bios
+from kl_utils.protocol import experiment
+from kl_utils.config.profiles import read_profile
 from tests.conftest import TINY_DATA
 
 
@@ -32,7 +34,7 @@ def test_pipeline_writes_records_and_caches_base(tiny_cfg, tmp_path):
     assert arm["n_cpt_documents"] == 20 and arm["n_it_examples"] == 10 * 6
     assert arm["env"]["git_commit"] and arm["env"]["packages"]["transformers"]
     # per-question predictions of the held-out splits, consistent with the aggregate metrics
-    from kl_utils import predictions
+    from kl_utils.protocol import predictions
     assert set(arm["predictions"]) == {"valid", "test"}
     test_rows = predictions.rows_of(arm, "test")
     assert len(test_rows) == 6 * sum(1 for r in ds if r["split"] == "test")
@@ -72,7 +74,7 @@ def test_augmented_it_examples_keep_answers(tiny_cfg):
     for i, ex in enumerate(plain):
         assert all(a["answer"] == ex["answer"] for a in aug[3 * i: 3 * i + 3])
         assert all(ex["question"].rstrip("?") .split()[-1] in a.get("prompt", a["question"]) for a in aug[3 * i: 3 * i + 3])
-    from kl_utils.data import encode_qa
+    from kl_utils.data.dataset import encode_qa
     enc = encode_qa(aug, tok)
     answers = [[t for t, l in zip(e["input_ids"], e["labels"]) if l != -100] for e in enc]
     assert answers[0] == answers[1] == answers[2]
@@ -91,8 +93,9 @@ def test_sam_arm_runs_in_the_pipeline_with_accumulation_and_clipping(tiny_cfg):
 
 
 def test_bf16_training_runs(tiny_cfg):
-    from kl_utils import data, train
-    from kl_utils.model import build_model
+    from kl_utils.data import dataset as data
+    from kl_utils.training import train
+    from kl_utils.training.model import build_model
     ds, tok, _ = experiment.prepare_data("toy", tiny_cfg)
     model = build_model(tiny_cfg["model"], tok, seed=0)
     ex = data.encode_documents(data.documents(ds, split="test"), tok)

@@ -2,7 +2,7 @@
 resample people (tested on synthetic records)."""
 import pytest
 
-from kl_utils import predictions
+from kl_utils.protocol import predictions
 
 
 def _record(run_id, correct_by_person, attrs=("birth_date", "major")):

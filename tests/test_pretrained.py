@@ -7,8 +7,11 @@ import random
 import pytest
 import torch
 
-from kl_utils import data, evaluate, experiment, paths, pretrained
-from kl_utils.config import read_profile
+from kl_utils.core import paths
+from kl_utils.data import dataset as data
+from kl_utils.training import evaluate, pretrained
+from kl_utils.protocol import experiment
+from kl_utils.config.profiles import read_profile
 from tests.conftest import TINY_DATA
 
 ENGLISH = ("The capital of France is Paris. It is known for the Eiffel Tower, which was built in 1889 for the "
@@ -99,7 +102,7 @@ def test_cpu_llm_protocol_runs_two_steps_per_stage(smollm2, monkeypatch, tmp_pat
 
 def test_llm_bench_runs_at_one_update(smollm2, monkeypatch, tmp_path):
     """make bench's SmolLM2 figures, at one update per variant: every figure is a positive finite ratio."""
-    from kl_utils import bench_llm
+    from kl_utils.tools import bench_llm
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     out = bench_llm.run(steps=1, rounds=1, verbose=False)
     for key in ("llm_train_over_hf_trainer", "llm_sam_over_adamw", "llm_bf16_over_fp32"):

@@ -5,9 +5,10 @@ import random
 import pytest
 import torch
 
-from kl_utils import bios, data, probe, stats
-from kl_utils.model import build_model
-from kl_utils.train import train
+from kl_utils.data import bios, dataset as data
+from kl_utils.analysis import probe, stats
+from kl_utils.training.model import build_model
+from kl_utils.training.train import train
 from tests.conftest import TINY_DATA
 
 
@@ -95,7 +96,7 @@ def test_stratified_fact_row_removes_between_run_association():
 
 
 def test_probe_checkpoints_of_main_arms(tok, people, tmp_path, monkeypatch):
-    from kl_utils import records
+    from kl_utils.core import records
     monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
     model = build_model({"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}, tok, seed=0)
     ckpts = []

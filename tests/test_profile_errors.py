@@ -11,7 +11,9 @@ from typing import NamedTuple
 
 import pytest
 
-from kl_utils import cli, config, run
+from kl_utils import cli
+from kl_utils.config import profiles as config
+from kl_utils.protocol import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +107,7 @@ def test_bad_profile_is_one_line_naming_file_and_key(tmp_path, capsys, case):
         out, err = capsys.readouterr()
         assert rc == case.code and out == ""
         check_message(err, named, case)
-    rc = cli.entry(run.main, ["--profile", arg])  # python -m kl_utils.run: the same line
+    rc = cli.entry(run.main, ["--profile", arg])  # python -m kl_utils run: the same line
     assert rc == case.code
     check_message(capsys.readouterr().err, named, case)
 

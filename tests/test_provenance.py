@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from kl_utils import claims, paths, plots, records, report
-from kl_utils.config import read_profile
+from kl_utils.core import paths, records
+from kl_utils.reporting import claims, plots, report
+from kl_utils.config.profiles import read_profile
 
 ROOT = paths.ROOT
 
@@ -24,7 +25,7 @@ def test_committed_controls_have_records_behind_them():
 
 
 def _arm(profile, cfg, arm, seed, em):
-    from kl_utils import experiment
+    from kl_utils.protocol import experiment
     _, spec, run_id = experiment.arm_spec(cfg, arm, seed)
     records.write_run_record(profile, run_id, kind="arm", config=spec, seed=seed, metrics={"test_em": em, "valid_em": em},
                              wall_time_s=1.0, extra={"arm": arm, "optimizer_steps": {"cpt": 1}})

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from kl_utils import records, stats
+from kl_utils.core import records
+from kl_utils.analysis import stats
 
 
 def test_run_record_has_provenance_and_is_atomic(tmp_path, monkeypatch):
@@ -66,7 +67,7 @@ def test_git_commit_names_the_uncommitted_diff(tmp_path, monkeypatch):
 
 def test_records_name_the_commit_pinned_when_work_started(monkeypatch):
     """A record written hours after its run started names the commit of the code the process loaded."""
-    from kl_utils import records
+    from kl_utils.core import records
     monkeypatch.setattr(records, "_PINNED_COMMIT", None)
     assert records.pin_commit("abc123") == "abc123" and records.pin_commit("later") == "abc123"
     assert records.environment()["git_commit"] == "abc123"

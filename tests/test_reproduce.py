@@ -8,8 +8,10 @@ import shutil
 
 import pytest
 
-from kl_utils import compare, records, reproduce
-from kl_utils.train import TrainingForbidden, train
+from kl_utils.core import records
+from kl_utils.reporting import compare
+from kl_utils.tools import reproduce
+from kl_utils.training.train import TrainingForbidden, train
 
 
 def _rec(run_id, metrics, history=None, kind="arm"):
@@ -120,7 +122,7 @@ def test_fresh_clone_reproduce_and_redraw(tmp_path):
 
 def test_report_beside_another_profile(tmp_path, monkeypatch):
     """REPORT.md's 'Beside' section: the comparisons two profiles share, side by side, with agreement."""
-    from kl_utils import report
+    from kl_utils.reporting import report
     monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
     head = "claim,comparison,budget,metric,diff,ci_low,ci_high,verdict,n_seeds\n"
     (tmp_path / "a").mkdir()

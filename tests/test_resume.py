@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kl_utils import experiment, train
-from kl_utils.config import read_profile
+from kl_utils.training import train
+from kl_utils.protocol import experiment
+from kl_utils.config.profiles import read_profile
 from tests.conftest import TINY_DATA
 
 

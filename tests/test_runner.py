@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 
-from kl_utils import experiment, paths, records, run, train
-from kl_utils.config import read_profile
-from kl_utils.paths import cache_dir
-from kl_utils.model import build_model
+from kl_utils.core import paths, records
+from kl_utils.training import train
+from kl_utils.protocol import experiment, run
+from kl_utils.config.profiles import read_profile
+from kl_utils.core.paths import cache_dir
+from kl_utils.training.model import build_model
 from tests.conftest import TINY_DATA
 from tests.test_model_train_eval import TINY_MODEL, TRAIN
 
@@ -23,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tok_and_examples():
-    from kl_utils import data
-    from kl_utils.tokenizer import build_word_tokenizer
+    from kl_utils.data import dataset as data
+    from kl_utils.data.tokenizer import build_word_tokenizer
     tok = build_word_tokenizer(experiment.vocabulary_texts())
     people = data.build_people(TINY_DATA)
     return tok, data.encode_documents([row["bios"][0] for row in people.select(range(10))], tok)
@@ -147,7 +149,7 @@ def _profile_file(tmp_path) -> Path:
 
 def _run(profile, results, **kw):
     env = {**os.environ, "KL_RESULTS_ROOT": str(results), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "kl_utils.run", "--profile", str(profile), "--arms", "baseline", "--seeds", "0",
+    cmd = [sys.executable, "-m", "kl_utils.protocol.run", "--profile", str(profile), "--arms", "baseline", "--seeds", "0",
            "--workers", "1"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **kw)
 

@@ -1,4 +1,4 @@
-"""Tests for kl_utils.sam: SAM against an independent computation written here (flat vectors +
+"""Tests for kl_utils.training.sam: SAM against an independent computation written here (flat vectors +
 torch.optim on a copy of the model), plus the edge cases the training loop relies on."""
 
 import copy
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from kl_utils.sam import SAM, check_mixed_precision, sam_update, unwrap_optimizer
+from kl_utils.training.sam import SAM, check_mixed_precision, sam_update, unwrap_optimizer
 
 
 

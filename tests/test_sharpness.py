@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
-from kl_utils import records, sharpness
-from kl_utils.experiment import vocabulary_texts
-from kl_utils.model import build_model
-from kl_utils.tokenizer import build_word_tokenizer
+from kl_utils.core import records
+from kl_utils.analysis import sharpness
+from kl_utils.protocol.experiment import vocabulary_texts
+from kl_utils.training.model import build_model
+from kl_utils.data.tokenizer import build_word_tokenizer
 
 EIGS = torch.tensor([5.0, 2.0, 1.0, 0.5, 0.1])
 

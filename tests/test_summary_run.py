@@ -2,7 +2,9 @@ import math
 
 import pytest
 
-from kl_utils import paths, run, summary
+from kl_utils.core import paths
+from kl_utils.protocol import run
+from kl_utils.analysis import summary
 
 
 def _rec(arm, seed, em):
@@ -42,7 +44,7 @@ def test_run_cli_rejects_unknown_arm(capsys):
 
 def test_run_cli_runs_then_skips(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(paths, "ROOT", tmp_path)
-    from kl_utils import config
+    from kl_utils.config import profiles as config
     cfg = config.read_profile("smoke")
     cfg["data"] = {**cfg["data"], "n_base": 20, "n_new": 20}
     for stage in ("base", "cpt", "it"):

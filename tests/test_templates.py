@@ -3,9 +3,13 @@ and profiles without the key keep their template pools, vocabulary, data and run
 
 import pytest
 
-from kl_utils import bios, data, experiment, paths, probe, records
-from kl_utils.config import config_hash, read_profile
-from kl_utils.tokenizer import build_word_tokenizer
+from kl_utils.core import paths, records
+from kl_utils.data import bios, dataset as data
+from kl_utils.protocol import experiment
+from kl_utils.analysis import probe
+from kl_utils.config.profiles import read_profile
+from kl_utils.core.spec import config_hash
+from kl_utils.data.tokenizer import build_word_tokenizer
 from tests.conftest import TINY_DATA
 
 

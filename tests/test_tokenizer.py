@@ -1,6 +1,6 @@
-from kl_utils import data
-from kl_utils.experiment import vocabulary_texts
-from kl_utils.tokenizer import build_word_tokenizer, load_tokenizer
+from kl_utils.data import dataset as data
+from kl_utils.protocol.experiment import vocabulary_texts
+from kl_utils.data.tokenizer import build_word_tokenizer, load_tokenizer
 from tests.conftest import TINY_DATA
 
 
@@ -24,5 +24,5 @@ def test_word_tokenizer_is_deterministic_and_round_trips(tmp_path):
     text = "Question: Which city was Ann Lee Smith born in?\nAnswer: Ann Arbor, MI"
     assert loaded(text)["input_ids"] == a(text)["input_ids"]
     assert (loaded.pad_token, loaded.bos_token, loaded.eos_token) == ("[PAD]", "[BOS]", "[EOS]")
-    from kl_utils.evaluate import normalize_answer
+    from kl_utils.training.evaluate import normalize_answer
     assert normalize_answer(loaded.decode(loaded(text)["input_ids"])) == normalize_answer(text)

@@ -1,5 +1,5 @@
 """kill -9 of the runner leaves no process behind: its pool workers die with it
-(kl_utils.parent_watch: PR_SET_PDEATHSIG on Linux, and a watchdog thread polling the parent)."""
+(kl_utils.core.parent_watch: PR_SET_PDEATHSIG on Linux, and a watchdog thread polling the parent)."""
 import os
 import signal
 import subprocess
@@ -12,10 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table in /proc")
 
-# The runner's own pool (kl_utils.run.worker_pool), with a trivial task in each worker.
+# The runner's own pool (kl_utils.protocol.run.worker_pool), with a trivial task in each worker.
 POOL = """
 import time
-from kl_utils import run
+from kl_utils.protocol import run
 pool = run.worker_pool(2)
 for f in [pool.submit(time.sleep, 0.5) for _ in range(2)]:
     f.result()
@@ -25,7 +25,7 @@ time.sleep(600)
 # One mechanism alone, in a forked child: the kernel's parent-death signal, or the watchdog thread.
 ALONE = """
 import multiprocessing, os, time
-from kl_utils import parent_watch
+from kl_utils.core import parent_watch
 def child(parent):
     if {mode!r} == "prctl":
         assert parent_watch._set_parent_death_signal()

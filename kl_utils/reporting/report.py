@@ -1,0 +1,268 @@
+"""results/<profile>/REPORT.md: the claims table, the headline numbers, the figures, the exact
+environment and how to reproduce — written from run records only (notebook 07, and again by
+`make reproduce` once the end-to-end wall time is known).
+
+    python -m kl_utils report --profile cpu [--readme]   # --readme: refresh README's headline block
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from kl_utils.core import records
+from kl_utils.analysis import stats
+from kl_utils.reporting import claims, figures
+from kl_utils.config.profiles import load_config
+from kl_utils.core.paths import ROOT, figures_dir, results_dir
+
+# What the paper says (STUDY.md), one line per claim.
+PAPER = {
+    "C1": "fact tokens act as labels: predicting a fact in unseen paraphrases tracks answering questions about it",
+    "C2": "more distinct paraphrases per fact raise held-out QA; repeating one document does not",
+    "C3": "CPT on formatting-augmented documents beats plain CPT on held-out QA, changing no fact",
+    "C4": "SAM (AdamW base) beats AdamW on held-out QA and finds flatter minima",
+    "C5": "augmentation + SAM is at least as good as either alone",
+    "C6": "augmented QA pairs and SAM during instruction tuning also help, also in the PIT order",
+    "C7": "with paraphrased documents, formatting augmentation and SAM on top give further gains",
+    "regime": "(our control, not a claim of the paper) more CPT epochs still raise the baseline's held-out QA; supported = the shorter run was under-trained",
+}
+README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+def _num(x, digits=3):
+    try:
+        return f"{float(x):.{digits}f}"
+    except (TypeError, ValueError):
+        return "—"
+
+
+def _ci_cell(diff, low, high) -> str:
+    if _num(diff) == "—":
+        return "—"
+    return f"{_num(diff)} [{_num(low)}, {_num(high)}]" if _num(low) not in ("—", "nan") else f"{_num(diff)} (no CI)"
+
+
+def claims_markdown(rows: list[dict]) -> str:
+    lines = ["| claim | the paper says | comparison (b vs a) | budget | metric | a | b | within-pair diff b − a [95% CI] | seeds "
+             "| verdict | test | pairs | random effects over pairs [95% CI] | verdict over pairs | Holm verdict (family) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        arms = f": `{r['arm_b']}` vs `{r['arm_a']}`" if r.get("arm_a") else ""
+        test = r.get("test", "")
+        if claims.present(r.get("margin")):
+            test += f", margin {float(r['margin']):.2f}"
+        holm = f"**{r['verdict_holm']}** ({r['family']})" if claims.present(r.get("verdict_holm")) else "—"
+        lines.append(f"| {r['claim']} | {PAPER.get(r['claim'], '')} | {r['comparison']}{arms} "
+                     f"| {r['budget']} | {r['metric']} | {_num(r['mean_a'])} | {_num(r['mean_b'])} "
+                     f"| {_ci_cell(r['diff'], r['ci_low'], r['ci_high'])} | {r['n_seeds']} | {r['verdict']} | {test} "
+                     f"| {r.get('n_pairs') or '—'} | {_ci_cell(r.get('re_diff'), r.get('re_ci_low'), r.get('re_ci_high'))} "
+                     f"| {r['re_verdict'] if claims.present(r.get('re_verdict')) else '—'} | {holm} |")
+    return "\n".join(lines)
+
+
+def headline_markdown(arm_recs: list[dict]) -> str:
+    """Held-out QA per headline arm (mean ± 95% CI over seeds), both budgets."""
+    df = figures.arm_frame(arm_recs) if arm_recs else None
+    lines = ["| arm | step-matched: held-out EM (mean ± 95% CI) | seeds | epoch-matched: held-out EM | seeds |",
+             "|---|---|---|---|---|"]
+    if df is None:
+        return "\n".join(lines)
+    for i, label in enumerate(["AdamW (baseline)", "+ format augmentation", "+ SAM", "+ format + SAM"]):
+        cells = []
+        for budget in ("steps", "epochs"):
+            arm = figures.HEADLINE[budget][i]
+            vals = df[df.arm == arm].test_em
+            cells += [stats.fmt(stats.mean_ci(vals)) if len(vals) else "not run", str(len(vals))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def beside_markdown(profile: str, cfg: dict) -> str:
+    """The profile's claim rows next to other profiles' (`beside:`, e.g. the miniature next to the
+    pretrained LLM): the same comparison, one column per profile, and whether the verdicts agree."""
+    others = [p for p in cfg.get("beside") or [] if claims.read_csv(p)]
+    if not others or not claims.read_csv(profile):
+        return ""
+    rows = [r for r in claims.across([profile, *others]) if r["metric"] == "test_em" or r["comparison"].startswith("QA answer rate")]
+    rows = [r for r in rows if r[profile] and any(r[o] for o in others)]
+    head = f"| claim | comparison | budget | `{profile}` | " + " | ".join(f"`{o}`" for o in others) + " | same verdict |"
+    lines = [head, "|" + "---|" * (5 + len(others))]
+    lines += [f"| {r['claim']} | {r['comparison']} | {r['budget']} | {r[profile] or '—'} | "
+              + " | ".join(r[o] or "—" for o in others) + f" | {'yes' if r['agree'] else 'no'} |" for r in rows]
+    return (f"## Beside {', '.join(f'`{o}`' for o in others)}\nThe comparisons both profiles ran (paired difference "
+            "b − a of held-out QA EM [95% CI over seeds], within-profile verdict).\n\n" + "\n".join(lines) + "\n\n")
+
+
+def environment_markdown(profile: str, recs: list[dict]) -> str:
+    commits = sorted({r["env"]["git_commit"] for r in recs if "env" in r})
+    env = recs[-1]["env"] if recs else records.environment()
+    timing_path = results_dir(profile) / "timing.json"
+    if timing_path.exists():
+        t = json.loads(timing_path.read_text())
+        wall = f"{t['wall_time_s']} s end to end (`make reproduce PROFILE={profile}`); per notebook: " + \
+               ", ".join(f"{k} {v} s" for k, v in t["per_notebook_s"].items())
+    else:
+        wall = f"{sum(r.get('wall_time_s', 0) for r in recs):.0f} s summed over run records (no timing.json yet)"
+    pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    return "\n".join([f"- profile: `{profile}`", f"- git commit(s) of the run records: {', '.join(f'`{c}`' for c in commits)}",
+                      f"- packages: {pk}", f"- python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
+                      f"GPU: {env.get('cuda') or 'none'}", f"- wall time: {wall}"])
+
+
+def controls_markdown(profile: str, cfg: dict) -> str:
+    """The controls (notebook 06) when they live in another profile (cpu: cpu-full): its claims rows
+    of its control grids (kl_utils.config.arms.CONTROL_GRIDS), from that profile's records, with a pointer to its figures."""
+    other = (cfg.get("controls") or {}).get("profile")
+    if not other or other == profile:
+        return ""
+    from kl_utils.config.arms import control_cells
+    ocfg = load_config(other)[1]
+    rows = claims.rows_of_arms(claims.build(other, ocfg), {a for a, _ in control_cells(ocfg)})
+    if not rows:
+        return f"## Controls (profile `{other}`)\nNo records yet: `make controls`.\n\n"
+    manifest_path = figures_dir(other) / "manifest.json"
+    names = sorted(n for n in (json.loads(manifest_path.read_text()) if manifest_path.exists() else {})
+                   if n.startswith("controls_"))
+    figs = ", ".join(f"[{n}](../../figures/{other}/{n}.png)" for n in names)
+    abl = [r for r in rows if r["comparison"].startswith("ablation:")]
+    main = [r for r in rows if not r["comparison"].startswith("ablation:")]
+    abl_text = f"""
+### Ablations against AdamW (same optimizer steps)
+One row per ablation arm; with this many comparisons at 95% each, about one in twenty leaves 0 by chance:
+read the Holm verdict (family "ablations").
+
+{claims_markdown(abl)}
+""" if abl else ""
+    return f"""## Controls (profile `{other}`, notebook 06)
+The saturation sweep (AdamW at more CPT epochs; the methods against AdamW with as many optimizer steps or
+gradient evaluations), the IT-side arms of C6, C7 / PIT, the ablations and the learning rates tuned on validation
+("lr tuned on valid": both arms' variants chosen on validation EM), from `results/{other}/claims.csv`.
+Figures: {figs or "none yet"}.
+
+{claims_markdown(main)}
+{abl_text}
+"""
+
+
+def write_report(profile: str, cfg: dict) -> Path:
+    arm_recs = claims.current_arm_records(profile, cfg)
+    all_recs = records.load_run_records(profile)
+    rows = claims.build(profile, cfg)
+    manifest_path = figures_dir(profile) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    figs = "\n".join(f"- [{name}](../../figures/{profile}/{name}.png) ([PDF](../../figures/{profile}/{name}.pdf))"
+                     for name in sorted(manifest)) or "(no figures yet)"
+    text = f"""# Report — profile `{profile}`
+
+Written by `notebooks/07_results.ipynb` (and refreshed by `make reproduce`) from {len(all_recs)} run records in
+`results/{profile}/runs/`; the claims table is `results/{profile}/claims.csv`. Every number below comes from
+those records.
+
+## Headline: held-out QA exact match
+{headline_markdown(arm_recs)}
+
+## Claims
+Each row names its test (docs/statistics.md). *Superiority*: *supported* when the 95% CI of the paired
+difference is above 0, *contradicted* when below 0, *inconclusive* when it contains 0 (for flatness, lower is
+better). *Non-inferiority* (C5, margin 0.02 EM stated in STUDY.md): *non-inferior* when the CI's lower end is
+above −margin, *inferior* when its upper end is below −margin. *CMH*: the C1 per-fact test stratified by run
+(Mantel-Haenszel risk difference of the answer rate, Cochran-Mantel-Haenszel p). *Descriptive* rows (correlations)
+are not tested. "Within pair": over CPT seeds given one base model and one data draw (`verdict`). "Over pairs":
+random-effects meta-analysis over the (base model, data draw) pairs of `pairs:` in the profile (REML, Hartung-Knapp
+CI). The Holm verdict uses the over-pairs estimate where there are two or more pairs, else the within-pair one,
+Holm-Bonferroni adjusted within its family (headline, controls, ablations) at 0.05.
+
+{claims_markdown(rows)}
+
+{controls_markdown(profile, cfg)}{beside_markdown(profile, cfg)}## Figures
+{figs}
+
+## Environment
+{environment_markdown(profile, all_recs)}
+
+## Reproduce
+```
+make reproduce PROFILE={profile}        # every notebook, in order; finished runs are reused
+python -m kl_utils claims --profile {profile}   # rebuild claims.csv from the records
+python -m kl_utils report --profile {profile}   # rebuild this report
+```
+"""
+    path = results_dir(profile) / "REPORT.md"
+    records.atomic_write_text(path, text)
+    return path
+
+
+def update_readme(profile: str, cfg: dict, readme: Path = ROOT / "README.md") -> bool:
+    """Replace README's headline block (between the markers) with the report's table."""
+    text = readme.read_text()
+    block = f"{README_START}\n{headline_markdown(claims.current_arm_records(profile, cfg))}\n{README_END}"
+    new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+    if new != text:
+        records.atomic_write_text(readme, new)
+    return new != text
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--readme", action="store_true", help="also refresh README's headline block")
+    args = ap.parse_args(argv)
+    profile, cfg = load_config(args.profile)
+    claims.write(profile, cfg)
+    print(f"wrote {write_report(profile, cfg)}")
+    if args.readme:
+        print("README headline block", "updated" if update_readme(profile, cfg) else "unchanged")
+
+
+def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> list[str]:
+    """Everything a reader sees must have run records behind it, of the profile's current config:
+    claims.csv equal to its rebuild from the records, every run id a table row or a figure names
+    present in results/<profile>/runs, every arm record named there matching the profile's current
+    arm config, every figure in the manifest, and (optionally) README's headline block equal to
+    the report's. Returns the problems found (empty: all good)."""
+    from kl_utils.protocol import experiment
+    problems = []
+    runs = {r["run_id"]: r for r in records.load_run_records(profile)}
+    path = results_dir(profile) / "claims.csv"
+    if not path.exists():
+        return [f"{path} is missing"]
+    rows = claims.build(profile, cfg)
+    if path.read_text() != claims.to_csv(rows):
+        problems.append(f"{path} differs from its rebuild from the run records (python -m kl_utils claims --profile {profile})")
+    named = {f"claims.csv row {r['claim']} {r['comparison']} ({r['budget']})": (r.get("run_ids") or "").split() for r in rows}
+    manifest_path = figures_dir(profile) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    for png in sorted(figures_dir(profile).glob("*.png")):
+        if png.stem not in manifest:
+            problems.append(f"figure {png.name} has no manifest entry (no run records behind it)")
+    for name, entry in manifest.items():
+        ids = (entry or {}).get("run_ids") or []
+        if not ids and not (entry or {}).get("source"):
+            problems.append(f"figure {name} names no run records (and no data source)")
+        named[f"figure {name}"] = ids
+    for where, ids in named.items():
+        for run_id in ids:
+            rec = runs.get(run_id)
+            if rec is None:
+                problems.append(f"{where}: run record {run_id} does not exist")
+            elif rec.get("kind") == "arm":
+                try:
+                    current = experiment.arm_spec(cfg, rec["arm"], rec["seed"])[2]
+                except ValueError:
+                    current = None
+                if current != run_id:
+                    problems.append(f"{where}: run record {run_id} does not match the profile's current config of arm {rec['arm']!r}")
+    if readme is not None:
+        block = f"{README_START}\n{headline_markdown(claims.current_arm_records(profile, cfg))}\n{README_END}"
+        if block not in readme.read_text():
+            problems.append(f"{readme.name}'s headline block differs from the {profile} report (python -m kl_utils report --profile {profile} --readme)")
+    return problems
+
+
+if __name__ == "__main__":
+    import sys
+
+    from kl_utils.core import command
+    sys.exit(command.entry(main))

@@ -1,0 +1,1 @@
+"""Training: model factory, pretrained models, batching, the training loop, SAM, evaluation."""
