@@ -114,7 +114,8 @@ def split_templates(n_train: int, templates: str = "default") -> tuple[dict, dic
 
 @lru_cache(maxsize=None)
 def load_fields() -> dict[str, tuple]:
-    """The original bioS value pools (Apache 2.0, facebookresearch/PhysicsLM4), shipped in kl_utils/data."""
+    """The original bioS value pools (Apache 2.0, facebookresearch/PhysicsLM4), shipped in
+    kl_utils/data/files/bios_fields."""
     def read(name):
         lines = (BIOS_FIELDS_DIR / f"{name}.txt").read_text(encoding="utf-8").splitlines()
         return tuple(line.strip() for line in lines if line.strip())
