@@ -105,19 +105,20 @@ def grads_per_step(stage_cfg: dict) -> float:
     return 1 + 1 / stage_cfg.get("sam_every_k", STAGE_DEFAULTS["sam_every_k"])
 
 
+def is_current(rec: dict, cfg: dict) -> bool:
+    """The one rule for "a record of the profile's current config": an arm record is current when its
+    run id is the one its (arm, seed) has under `cfg` now (arm_spec). A record of an arm the profile
+    no longer defines, or of an older config of the arm, is not (it stays on disk, unused)."""
+    try:
+        return arm_spec(cfg, rec["arm"], rec["seed"])[2] == rec["run_id"]
+    except ValueError:  # an arm the profile no longer defines
+        return False
+
+
 def current_arm_records(profile: str, cfg: dict | None = None) -> list[dict]:
-    """The profile's arm records whose config is the profile's current one for that arm and seed
-    (records of an older config of the profile are left out: they stay on disk, unused)."""
+    """The profile's arm records of its current config (is_current); all of them when cfg is None."""
     recs = records.load_run_records(profile, kind="arm")
-    if cfg is None:
-        return recs
-    current = set()
-    for r in recs:
-        try:
-            current.add(arm_spec(cfg, r["arm"], r["seed"])[2])
-        except ValueError:  # an arm the profile no longer defines
-            pass
-    return [r for r in recs if r["run_id"] in current]
+    return recs if cfg is None else [r for r in recs if is_current(r, cfg)]
 
 
 def grid_cells(cfg: dict, grid: str | None = None) -> list[tuple[str, int]]:

@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from tqdm.auto import tqdm
 
 from kl_utils.core import records
-from kl_utils.config.arms import CONTROL_GRIDS, arm_spec, control_cells, grid_cells  # noqa: F401 (re-exported)
+from kl_utils.config.arms import CONTROL_GRIDS, arm_spec, control_cells, current_arm_records, grid_cells  # noqa: F401
 from kl_utils.config.profiles import load_config
 from kl_utils.core.paths import environ
 from kl_utils.core.parent_watch import die_with_parent
@@ -107,9 +107,8 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
 
 def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple[list[dict], list[tuple[str, int]]]:
     """(the records of the cells that have one, of the profile's current config; the cells without)."""
-    have = {r["run_id"]: r for r in records.load_run_records(profile, kind="arm")}
-    ids = {cell: arm_spec(cfg, *cell)[2] for cell in cells}
-    return [have[i] for c, i in ids.items() if i in have], [c for c, i in ids.items() if i not in have]
+    have = {(r["arm"], r["seed"]): r for r in current_arm_records(profile, cfg)}
+    return [have[c] for c in cells if c in have], [c for c in cells if c not in have]
 
 
 def main(argv=None) -> int:

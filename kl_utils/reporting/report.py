@@ -14,6 +14,7 @@ from pathlib import Path
 from kl_utils.core import records
 from kl_utils.analysis import stats
 from kl_utils.reporting import claims, figures
+from kl_utils.config.arms import is_current
 from kl_utils.config.profiles import load_config
 from kl_utils.core.paths import ROOT, figures_dir, results_dir
 
@@ -222,7 +223,6 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
     present in results/<profile>/runs, every arm record named there matching the profile's current
     arm config, every figure in the manifest, and (optionally) README's headline block equal to
     the report's. Returns the problems found (empty: all good)."""
-    from kl_utils.protocol import experiment
     problems = []
     runs = {r["run_id"]: r for r in records.load_run_records(profile)}
     path = results_dir(profile) / "claims.csv"
@@ -247,13 +247,8 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
             rec = runs.get(run_id)
             if rec is None:
                 problems.append(f"{where}: run record {run_id} does not exist")
-            elif rec.get("kind") == "arm":
-                try:
-                    current = experiment.arm_spec(cfg, rec["arm"], rec["seed"])[2]
-                except ValueError:
-                    current = None
-                if current != run_id:
-                    problems.append(f"{where}: run record {run_id} does not match the profile's current config of arm {rec['arm']!r}")
+            elif rec.get("kind") == "arm" and not is_current(rec, cfg):
+                problems.append(f"{where}: run record {run_id} does not match the profile's current config of arm {rec['arm']!r}")
     if readme is not None:
         block = f"{README_START}\n{headline_markdown(claims.current_arm_records(profile, cfg))}\n{README_END}"
         if block not in readme.read_text():
