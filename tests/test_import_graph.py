@@ -99,67 +99,75 @@ def layer_index(module: str, layers: tuple[str, ...], top: set[str] = TOP_MODULE
     return layers.index(parts[1])
 
 
-def find_cycles(edges) -> list[list[str]]:
-    """One cycle (a list of modules, the first repeated at the end) per strongly connected group."""
+def _graph(edges) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for src, dst, *_ in edges:
         graph.setdefault(src, set()).add(dst)
         graph.setdefault(dst, set())
-    index, low, stack, on_stack, groups, counter = {}, {}, [], set(), [], [0]
+    return graph
 
-    def strongconnect(v):  # Tarjan; the graph is small, recursion is fine
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
+
+def cyclic_groups(edges) -> list[set[str]]:
+    """The strongly connected groups of modules that hold a cycle (Tarjan's algorithm)."""
+    graph = _graph(edges)
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(v):  # the graph is small: recursion is fine
+        index[v] = low[v] = len(index)
         stack.append(v)
         on_stack.add(v)
         for w in sorted(graph[v]):
             if w not in index:
-                strongconnect(w)
+                visit(w)
                 low[v] = min(low[v], low[w])
             elif w in on_stack:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
-            group = []
-            while True:
+            group = set()
+            while not group or v not in group:
                 w = stack.pop()
                 on_stack.discard(w)
-                group.append(w)
-                if w == v:
-                    break
-            groups.append(set(group))
+                group.add(w)
+            if len(group) > 1 or v in graph[v]:
+                groups.append(group)
 
     for v in sorted(graph):
         if v not in index:
-            strongconnect(v)
-    cycles = []
-    for group in groups:
-        start = min(group)
-        if len(group) == 1 and start not in graph[start]:
-            continue
-        paths, seen = {start: [start]}, {start}  # shortest way round from start back to start
-        frontier = [start]
-        while frontier:
-            nxt = []
-            for v in frontier:
-                for w in sorted(graph[v] & group):
-                    if w == start:
-                        cycles.append(paths[v] + [start])
-                        nxt = []
-                        break
-                    if w not in seen:
-                        seen.add(w)
-                        paths[w] = paths[v] + [w]
-                        nxt.append(w)
-                else:
-                    continue
-                break
-            frontier = nxt
-    return cycles
+            visit(v)
+    return groups
+
+
+def shortest_cycle(edges, group: set[str]) -> list[str]:
+    """A shortest cycle through the group's first module (it repeated at the end)."""
+    graph, start = _graph(edges), min(group)
+    paths, frontier = {start: [start]}, [start]
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for w in sorted(graph[v] & group):
+                if w == start:
+                    return paths[v] + [start]
+                if w not in paths:
+                    paths[w] = paths[v] + [w]
+                    nxt.append(w)
+        frontier = nxt
+    raise AssertionError(f"no cycle in {group}")
+
+
+def import_cycles(edges) -> list[str]:
+    """One line per group of modules that import each other: a cycle, and the whole group when it
+    is larger than that cycle."""
+    out = []
+    for group in cyclic_groups(edges):
+        cycle = shortest_cycle(edges, group)
+        more = f" (one cycle among {len(group)} modules: {', '.join(sorted(group))})" if len(group) >= len(cycle) else ""
+        out.append(f"import cycle: {' -> '.join(cycle)}{more}")
+    return out
 
 
 def problems(edges, layers: tuple[str, ...], top: set[str] = TOP_MODULES) -> list[str]:
     """Readable lines: each import cycle, each import of a higher layer, each module in no layer."""
-    out = [f"import cycle: {' -> '.join(c)}" for c in find_cycles(edges)]
+    out = import_cycles(edges)
     names = {m for e in edges for m in e[:2]}
     for m in sorted(names):
         try:
