@@ -105,7 +105,7 @@ def steps_figure(df: pd.DataFrame, metric: str = "test_em"):
 
 
 def ablation_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Generated ablation arms (experiment.all_arms) with their factor and level (claims.ablation_level)."""
+    """Generated ablation arms (kl_utils.config.arms.all_arms) with their factor and level (claims.ablation_level)."""
     from kl_utils.reporting.claims import ablation_level
     rows = []
     for _, r in df.iterrows():
