@@ -1,12 +1,14 @@
 """claims.csv is built only from run records, and a rebuild from the records reproduces it."""
 import pytest
 
+from kl_utils.config import arms
 from kl_utils.core import paths, records
+from kl_utils.core.spec import merge
 from kl_utils.reporting import claims
 
 
-def _write(profile, arm, seed, test, valid=0.5):
-    records.write_run_record(profile, f"{arm}-s{seed}", kind="arm", config={"arm": arm}, seed=seed,
+def _write(profile, arm, seed, test, valid=0.5, config=None):
+    records.write_run_record(profile, f"{arm}-s{seed}", kind="arm", config=config or {"arm": arm}, seed=seed,
                              metrics={"test_em": test, "valid_em": valid}, wall_time_s=1.0, extra={"arm": arm})
 
 
@@ -58,14 +60,20 @@ def test_learning_rate_variant_chosen_on_validation_not_test(profile):
 
 
 def test_ablation_rows_each_level_against_adamw(profile):
-    assert claims.ablation_level("sam_rho0.1") == ("rho", "0.1", "C4")
-    assert claims.ablation_level("format_k8_steps") == ("k", "8", "C3")
-    assert claims.ablation_level("format_bullet_list_steps") == ("family", "bullet_list", "C3")
-    assert claims.ablation_level("format_sam_k2_rho0.05_steps") == ("rho_k", "2/0.05", "C5")
-    assert claims.ablation_level("format_sam_steps") is None and claims.ablation_level("format_steps") is None
+    """An ablation arm is known from its record's settings (the arm `ablations:` generates under
+    that name for them), not from a pattern of its name."""
+    generated = arms.ablation_arms({"rho": [0.1, 0.05, 0.2], "k": [8, 2], "families": ["bullet_list"], "rho_k": True})
+    for name, (factor, level, claim) in {"sam_rho0.1": ("rho", "0.1", "C4"), "format_k8_steps": ("k", "8", "C3"),
+                                         "format_bullet_list_steps": ("family", "bullet_list", "C3"),
+                                         "format_sam_k2_rho0.05_steps": ("rho_k", "2/0.05", "C5")}.items():
+        spec = merge({"cpt": {"lr": 1e-3}}, generated[name].overrides)
+        assert arms.ablation_of(name, spec)[:3] == (factor, level, claim)
+        assert arms.ablation_of("format_sam_steps", spec) is None and arms.ablation_of("format_steps", spec) is None
+    assert arms.ablation_of("sam_rho0.1", {"cpt": {"optimizer": "sam", "rho": 0.05}}) is None  # not its settings
+    assert arms.ablation_of("format_k8_steps", {"arm": "format_k8_steps"}) is None  # no settings: no ablation
     for s, v in enumerate([0.30, 0.32, 0.31]):
-        _write(profile, "format_bullet_list_steps", s, v)
-        _write(profile, "sam_rho0.2", s, v - 0.15)
+        _write(profile, "format_bullet_list_steps", s, v, config=generated["format_bullet_list_steps"].overrides)
+        _write(profile, "sam_rho0.2", s, v - 0.15, config=generated["sam_rho0.2"].overrides)
     rows = {r["arm_b"]: r for r in claims.build(profile) if r["comparison"].startswith("ablation:")}
     assert set(rows) == {"format_bullet_list_steps", "sam_rho0.2"}
     assert rows["format_bullet_list_steps"]["verdict"] == "supported" and rows["format_bullet_list_steps"]["claim"] == "C3"

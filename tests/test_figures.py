@@ -5,6 +5,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from kl_utils.config import arms  # noqa: E402
+from kl_utils.core.spec import merge  # noqa: E402
 from kl_utils.reporting import figures  # noqa: E402
 
 
@@ -71,9 +73,13 @@ def test_lr_tuning_table_marks_the_variant_best_on_valid_not_test():
 
 
 def test_ablation_frame_and_figures_from_ablation_arms():
+    generated = arms.ablation_arms({"rho": [0.1, 0.02], "k": [2, 1], "families": ["heading"], "rho_k": True})
     recs = [_rec(a, s, 0.1 + s / 50) for s in range(2) for a in
             ("sam_rho0.1", "sam_rho0.02", "format_k2_steps", "format_heading_steps",
              "format_sam_k2_rho0.1_steps", "format_sam_k1_rho0.1_steps", "baseline", "format_sam_steps")]
+    for r in recs:  # a record's config holds its arm's settings (kl_utils.config.arms.arm_spec)
+        if r["arm"] in generated:
+            r["config"] = merge(r["config"], generated[r["arm"]].overrides)
     abl = figures.ablation_frame(figures.arm_frame(recs))
     assert set(abl.factor) == {"rho", "k", "family", "rho_k"} and len(abl) == 12
     assert set(abl[abl.factor == "rho_k"].k) == {1, 2} and set(abl[abl.factor == "family"].level) == {"heading"}

@@ -3,6 +3,8 @@ generate, and each (arm, seed)'s run id. Imports neither torch nor datasets, so 
 checked (kl_utils.config.schema) and a plan printed before anything heavy loads."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from kl_utils.config.schema import STAGE_DEFAULTS
 from kl_utils.core import records
 from kl_utils.core.spec import config_hash, merge
@@ -38,28 +40,60 @@ BUDGETS = ("epochs", "steps")
 ORDERS = ("standard", "pit")
 
 
-def all_arms(cfg: dict) -> dict:
-    """The profile's `arms:`, plus the arms its `ablations:` generate:
+class Ablation(NamedTuple):
+    """A single-factor ablation arm, as data: what the claims and figures need to know about it
+    (nothing reads it back from the arm's name)."""
+    factor: str          # rho, k, family or rho_k
+    level: str           # as tables show it: "0.1", "8", "bullet_list", "2/0.05" (k/rho)
+    claim: str           # the claim it bears on: C4 (rho), C3 (k, family), C5 (rho x k)
+    k: int | None        # formatted copies
+    rho: float | None    # SAM radius
+    family: str | None   # the one augmentation family
+    overrides: dict      # the arm (see arm_spec)
+
+
+def ablation_arms(abl: dict) -> dict[str, Ablation]:
+    """The arms a profile's `ablations:` generates, by name:
       rho: [...]        -> sam_rho<v>                    (SAM at each rho)
       k: [...]          -> format_k<k>_steps             (k formatted copies, step-matched)
       families: [...]   -> format_<family>_steps         (one augmentation family alone, k=1)
-      rho_k: true       -> format_sam_k<k>_rho<v>_steps  (the rho x k grid)
+      rho_k: true       -> format_sam_k<k>_rho<v>_steps  (the rho x k grid)"""
+    sam, out = {"optimizer": "sam"}, {}
+    for rho in abl.get("rho", []):
+        out.setdefault(f"sam_rho{rho}", Ablation("rho", f"{rho}", "C4", None, rho, None, {"cpt": {**sam, "rho": rho}}))
+    for k in abl.get("k", []):
+        out.setdefault(f"format_k{k}_steps", Ablation("k", f"{k}", "C3", k, None, None,
+                                                      {"budget": "steps", "cpt": {"augmentation": {"k": k}}}))
+    for fam in abl.get("families", []):
+        out.setdefault(f"format_{fam}_steps", Ablation(
+            "family", fam, "C3", 1, None, fam, {"budget": "steps", "cpt": {"augmentation": {"k": 1, "families": [fam]}}}))
+    if abl.get("rho_k"):
+        for k in abl.get("k", []):
+            for rho in abl.get("rho", []):
+                out.setdefault(f"format_sam_k{k}_rho{rho}_steps", Ablation(
+                    "rho_k", f"{k}/{rho}", "C5", k, rho, None,
+                    {"budget": "steps", "cpt": {**sam, "rho": rho, "augmentation": {"k": k}}}))
+    return out
+
+
+def ablation_of(arm: str, spec: dict | None) -> Ablation | None:
+    """The ablation an arm is, from its settings (a run record's config): the one `ablations:` would
+    generate under this name for these settings (ablation_arms); None for any other arm."""
+    cpt = (spec or {}).get("cpt") or {}
+    aug = cpt.get("augmentation") or {}
+    abl = {"rho": [cpt["rho"]] if "rho" in cpt else [], "k": [aug["k"]] if aug.get("k") else [],
+           "families": list(aug.get("families") or []), "rho_k": True}
+    return ablation_arms(abl).get(arm)
+
+
+def all_arms(cfg: dict) -> dict:
+    """The profile's `arms:`, plus the arms its `ablations:` generate (ablation_arms) and
       lr: {arms: [...], factors: [...]} -> <arm>@lrx<f>  (learning-rate variants, for tuning on valid)
     """
     arms = dict(cfg.get("arms") or {})
     abl = cfg.get("ablations") or {}
-    sam = {"optimizer": "sam"}
-    for rho in abl.get("rho", []):
-        arms.setdefault(f"sam_rho{rho}", {"cpt": {**sam, "rho": rho}})
-    for k in abl.get("k", []):
-        arms.setdefault(f"format_k{k}_steps", {"budget": "steps", "cpt": {"augmentation": {"k": k}}})
-    for fam in abl.get("families", []):
-        arms.setdefault(f"format_{fam}_steps", {"budget": "steps", "cpt": {"augmentation": {"k": 1, "families": [fam]}}})
-    if abl.get("rho_k"):
-        for k in abl.get("k", []):
-            for rho in abl.get("rho", []):
-                arms.setdefault(f"format_sam_k{k}_rho{rho}_steps", {
-                    "budget": "steps", "cpt": {**sam, "rho": rho, "augmentation": {"k": k}}})
+    for name, ablation in ablation_arms(abl).items():
+        arms.setdefault(name, ablation.overrides)
     lr = abl.get("lr") or {}
     for arm in lr.get("arms", []):
         if arm != "baseline" and arm not in arms:

@@ -2,14 +2,13 @@
 Every figure: one seaborn style (kl_utils.reporting.plots), colour-blind palette, 95% CIs over seeds."""
 from __future__ import annotations
 
-import re
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
 from kl_utils.analysis import stats
-from kl_utils.config.arms import grads_per_step
+from kl_utils.config.arms import ablation_of, grads_per_step
 
 # The headline arms, in display order, per budget ("steps": every arm gets the baseline's
 # optimizer steps; "epochs": the paper's setting, augmentation adds tokens and steps).
@@ -39,7 +38,8 @@ def long_label(arm: str) -> str:
 
 
 def arm_frame(recs: list[dict]) -> pd.DataFrame:
-    """One row per arm run: metrics, optimizer steps and gradient evaluations (SAM: two per step)."""
+    """One row per arm run: metrics, optimizer steps and gradient evaluations (SAM: two per step);
+    `ablation`: the generated ablation the arm is (kl_utils.config.arms.Ablation), else None."""
     rows = []
     for r in recs:
         cfg, steps = r["config"], r.get("optimizer_steps", {})
@@ -53,7 +53,7 @@ def arm_frame(recs: list[dict]) -> pd.DataFrame:
                      "cpt_grad_evals": steps.get("cpt", 0) * grads_per_step(cfg.get("cpt", {})),
                      "cpt_epochs": cfg.get("cpt", {}).get("epochs"), "cpt_lr": cfg.get("cpt", {}).get("lr"),
                      "it_steps": steps.get("it", 0),
-                     "wall_s": r["wall_time_s"]})
+                     "wall_s": r["wall_time_s"], "ablation": ablation_of(r["arm"], cfg)})
     return pd.DataFrame(rows)
 
 
@@ -105,16 +105,15 @@ def steps_figure(df: pd.DataFrame, metric: str = "test_em"):
 
 
 def ablation_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """Generated ablation arms (kl_utils.config.arms.all_arms) with their factor and level (claims.ablation_level)."""
-    from kl_utils.reporting.claims import ablation_level
+    """The rows of generated ablation arms (kl_utils.config.arms.ablation_arms; arm_frame reads each
+    from its record's settings) with their factor and level, and k and rho of the rho x k arms."""
     rows = []
     for _, r in df.iterrows():
-        found = ablation_level(r.arm)
+        found = r.get("ablation")
         if found:
-            row = {**r.to_dict(), "factor": found[0], "level": found[1]}
-            if found[0] == "rho_k":
-                k, rho = found[1].split("/")
-                row.update(k=int(k), rho=float(rho))
+            row = {**r.drop("ablation").to_dict(), "factor": found.factor, "level": found.level}
+            if found.factor == "rho_k":
+                row.update(k=found.k, rho=found.rho)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -137,6 +136,14 @@ def lr_tuning_table(df: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
     return out.sort_values(["arm", "lr factor"]).reset_index(drop=True) if len(out) else out
 
 
+def _number(level: str) -> float:
+    """A numeric level (k, rho) as a number, for sorting; 0 for a name (a family)."""
+    try:
+        return float(level)
+    except ValueError:
+        return 0
+
+
 def ablation_figure(abl: pd.DataFrame, baseline: float, metric: str = "test_em"):
     """Bars per level of each single-factor ablation, the baseline mean as a dashed line."""
     factors = [f for f in ("family", "k", "rho") if f in set(abl.get("factor", []))]
@@ -145,7 +152,7 @@ def ablation_figure(abl: pd.DataFrame, baseline: float, metric: str = "test_em")
     fig, axes = plt.subplots(1, len(factors), figsize=(5 * len(factors), 3.8), squeeze=False)
     for ax, f in zip(axes[0], factors):
         sub = abl[abl.factor == f]
-        order = sorted(set(sub.level), key=lambda v: (float(v) if re.match(r"^[\d.]+$", v) else 0, v))
+        order = sorted(set(sub.level), key=lambda v: (_number(v), v))
         sns.barplot(data=sub, x="level", y=metric, order=order, errorbar=("ci", 95), ax=ax, color="C0")
         ax.axhline(baseline, ls="--", color="gray", label="AdamW baseline")
         ax.set(title={"family": "one augmentation family (k=1, step-matched)", "k": "formatted copies k (step-matched)",
