@@ -4,8 +4,9 @@ its default -- the one place the defaults are written (the code reads them from 
 `validate(cfg, source)` checks a profile's config before any work starts and raises ProfileError
 with one line, `FILE: key PATH: what is wrong`: unknown keys (with a suggestion), values of the
 wrong type or range, missing required keys (the names a profile refers to -- arms of its grids,
-other profiles -- are checked by kl_utils.config.profiles.check_references). It only reads the config: no default is written into it, so the run ids hashed from it (kl_utils.config.arms)
-stay what they were. Imports neither torch nor datasets: a profile is checked in milliseconds.
+other profiles -- are checked by kl_utils.config.profiles.check_references). It only reads the
+config: no default is written into it, so the run ids hashed from it (kl_utils.config.arms) stay
+what they were. Imports neither torch nor datasets: a profile is checked in milliseconds.
 """
 from __future__ import annotations
 

@@ -161,9 +161,9 @@ def ablation_rows(recs: list[dict]) -> list[dict]:
 
 
 def analysis_records(profile: str, cfg: dict | None) -> dict[str, list[dict]]:
-    """The records each analysis module (kl_utils.analysis.<name>) reads, of the profile's current settings only: diversity
-    runs of the current data / model / analysis config, and probe / sharpness measurements of the
-    current main-experiment runs."""
+    """The records each analysis module (kl_utils.analysis.<name>) reads, of the profile's current
+    settings only: diversity runs of the current data / model / analysis config, and probe /
+    sharpness measurements of the current main-experiment runs."""
     from kl_utils.analysis import diversity
     arm_recs = current_arm_records(profile, cfg)
     current = {r["run_id"] for r in arm_recs}
