@@ -82,7 +82,12 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     from kl_utils import experiment  # torch: imported once the profile has been checked
     records.pin_commit()  # records name the code this process loaded, not HEAD when they are written
     ds, tok, _ = experiment.prepare_data(profile, cfg)
+    adopt_same_runs(profile, cfg, cells, log=log)
     todo = cell_records(profile, cfg, cells)[1]
+    first = {}  # one run per (seed, spec): the other cells of the same run are copies of its record
+    for cell in todo:
+        first.setdefault(_run_key(arm_spec(cfg, *cell)[2]), cell)
+    twins, todo = [c for c in todo if c not in first.values()], list(first.values())
     if todo and os.environ.get("KL_NO_TRAIN"):  # a redraw (make figures): draw what has records, name the rest
         log(f"{len(todo)} of {len(cells)} runs have no record and training is off (a redraw from records): "
             f"`python -m kl_utils run --profile {profile}` or `make reproduce PROFILE={profile}` makes them")
@@ -117,6 +122,8 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
                 bar.write(f"{arm} seed {seed}: test EM {res['metrics']['test_em']:.3f} "
                           f"({res['timing']['cpt_s'] + res['timing']['it_s']:.0f} s training)")
     bar.close()
+    if twins:
+        adopt_same_runs(profile, cfg, twins, log=log)
     if todo:
         log(f"grid finished in {time.time() - t0:.0f} s")
     return sorted(cell_records(profile, cfg, cells)[0], key=lambda r: r["run_id"])
@@ -129,6 +136,36 @@ CONTROL_GRIDS = ("saturation", "converged", "it_side", "c7_pit", "ablations", "r
 def control_cells(cfg: dict) -> list[tuple[str, int]]:
     """The (arm, seed) cells of the profile's control grids, without duplicates."""
     return list(dict.fromkeys(c for g in CONTROL_GRIDS if g in cfg.get("grids", {}) for c in grid_cells(cfg, g)))
+
+
+def adopt_same_runs(profile: str, cfg: dict, cells: list[tuple[str, int]], log=print) -> list[str]:
+    """Cells without a record whose run (same seed, same spec hash) was already made under another
+    arm name get a copy of that record under their own run id, marked `same_run_as`: e.g. the
+    `sam` arm once its rho is set to the value a `sam_rho<v>` sweep arm already ran. The run id
+    hashes everything the result depends on and training is bit-identical on one machine, so
+    training it again would only repeat it. Returns the run ids written."""
+    have = {r["run_id"]: r for r in records.load_run_records(profile, kind="arm")}
+    by_run = {}
+    for rid, rec in sorted(have.items()):
+        if not rec.get("same_run_as"):
+            by_run.setdefault(_run_key(rid), rec)
+    written = []
+    for cell in cells:
+        rid = arm_spec(cfg, *cell)[2]
+        src = by_run.get(_run_key(rid))
+        if rid in have or src is None:
+            continue
+        rec = {**src, "run_id": rid, "arm": cell[0], "same_run_as": src["run_id"]}
+        records.atomic_write_json(records.runs_dir(profile) / f"{rid}.json", rec)
+        log(f"{rid}: the same run as {src['run_id']} (same seed and spec); its record copied, not retrained")
+        written.append(rid)
+    return written
+
+
+def _run_key(run_id: str) -> str:
+    """`s<seed>-<spec hash>` of a run id `<arm>-s<seed>-<hash>` (arm names may contain '-')."""
+    arm_and_seed, spec_hash = run_id.rsplit("-", 1)
+    return f"{arm_and_seed.rsplit('-', 1)[1]}-{spec_hash}"
 
 
 def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple[list[dict], list[tuple[str, int]]]:
