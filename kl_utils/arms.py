@@ -86,3 +86,10 @@ def grads_per_step(stage_cfg: dict) -> float:
     if stage_cfg.get("optimizer", STAGE_DEFAULTS["optimizer"]) != "sam":
         return 1
     return 1 + 1 / stage_cfg.get("sam_every_k", STAGE_DEFAULTS["sam_every_k"])
+
+
+def run_key(run_id: str) -> str:
+    """`s<seed>-<spec hash>` of a run id `<arm>-s<seed>-<hash>` (arm names may contain '-'): two
+    arm names with the same key are the same run (kl_utils.run.adopt_same_runs)."""
+    arm_and_seed, spec_hash = run_id.rsplit("-", 1)
+    return f"{arm_and_seed.rsplit('-', 1)[1]}-{spec_hash}"

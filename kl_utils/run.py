@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from tqdm.auto import tqdm
 
 from kl_utils import records
-from kl_utils.arms import arm_spec
+from kl_utils.arms import arm_spec, run_key
 from kl_utils.config import load_config
 from kl_utils.paths import environ
 from kl_utils.parent_watch import die_with_parent
@@ -86,7 +86,7 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     todo = cell_records(profile, cfg, cells)[1]
     first = {}  # one run per (seed, spec): the other cells of the same run are copies of its record
     for cell in todo:
-        first.setdefault(_run_key(arm_spec(cfg, *cell)[2]), cell)
+        first.setdefault(run_key(arm_spec(cfg, *cell)[2]), cell)
     twins, todo = [c for c in todo if c not in first.values()], list(first.values())
     if todo and os.environ.get("KL_NO_TRAIN"):  # a redraw (make figures): draw what has records, name the rest
         log(f"{len(todo)} of {len(cells)} runs have no record and training is off (a redraw from records): "
@@ -148,11 +148,11 @@ def adopt_same_runs(profile: str, cfg: dict, cells: list[tuple[str, int]], log=p
     by_run = {}
     for rid, rec in sorted(have.items()):
         if not rec.get("same_run_as"):
-            by_run.setdefault(_run_key(rid), rec)
+            by_run.setdefault(run_key(rid), rec)
     written = []
     for cell in cells:
         rid = arm_spec(cfg, *cell)[2]
-        src = by_run.get(_run_key(rid))
+        src = by_run.get(run_key(rid))
         if rid in have or src is None:
             continue
         rec = {**src, "run_id": rid, "arm": cell[0], "same_run_as": src["run_id"]}
@@ -160,12 +160,6 @@ def adopt_same_runs(profile: str, cfg: dict, cells: list[tuple[str, int]], log=p
         log(f"{rid}: the same run as {src['run_id']} (same seed and spec); its record copied, not retrained")
         written.append(rid)
     return written
-
-
-def _run_key(run_id: str) -> str:
-    """`s<seed>-<spec hash>` of a run id `<arm>-s<seed>-<hash>` (arm names may contain '-')."""
-    arm_and_seed, spec_hash = run_id.rsplit("-", 1)
-    return f"{arm_and_seed.rsplit('-', 1)[1]}-{spec_hash}"
 
 
 def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple[list[dict], list[tuple[str, int]]]:

@@ -175,6 +175,7 @@ def test_kill_9_then_resume_gives_the_same_result(tmp_path):
     fresh = json.loads(next(clean.glob("killme/runs/baseline-*.json")).read_text())
     assert 30 <= step_at_kill < resumed["optimizer_steps"]["cpt"]
     assert resumed["metrics"] == fresh["metrics"]
+    assert resumed["resumed_stages"] == ["cpt"] and "resumed_stages" not in fresh  # its timing is partial
     assert resumed["history"]["cpt"]["loss"] == fresh["history"]["cpt"]["loss"]
 
 
