@@ -19,7 +19,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from kl_utils import bios, data, stats
+from kl_utils import bios, data, records, stats
 from kl_utils.summary import verdict
 
 CONTEXTS = ("train", "heldout", "qa")
@@ -247,7 +247,7 @@ def claim_rows(recs: list[dict], n_boot: int = 2000) -> list[dict]:
     all descriptive (runs and checkpoints differ in more than the probe). The tested row is
     stratified_fact_row, the per-fact association within each run."""
     rows = []
-    probed = [r for r in recs if r.get("kind") == "arm" and r.get("final_facts")]  # probe_after_cpt (cpu-llm)
+    probed = [r for r in records.distinct_runs(recs) if r.get("kind") == "arm" and r.get("final_facts")]  # probe_after_cpt (cpu-llm)
     if probed:
         rows.append(stratified_fact_row(probed, runs="main-experiment run (probe after CPT)"))
     arms = [r for r in recs if r.get("kind") == "probe_arm"]

@@ -2,7 +2,7 @@
 environment and how to reproduce — written from run records only (notebook 07, and again by
 `make reproduce` once the end-to-end wall time is known).
 
-    python -m kl_utils.report --profile cpu [--readme]   # --readme: refresh README's headline block
+    python -m kl_utils report --profile cpu [--readme]   # --readme: refresh README's headline block
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def environment_markdown(profile: str, recs: list[dict]) -> str:
         wall = f"{t['wall_time_s']} s end to end (`make reproduce PROFILE={profile}`); per notebook: " + \
                ", ".join(f"{k} {v} s" for k, v in t["per_notebook_s"].items())
     else:
-        wall = f"{sum(r.get('wall_time_s', 0) for r in recs):.0f} s summed over run records (no timing.json yet)"
+        wall = f"{sum(r.get('wall_time_s', 0) for r in records.distinct_runs(recs)):.0f} s summed over run records (no timing.json yet)"
     pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     return "\n".join([f"- profile: `{profile}`", f"- git commit(s) of the run records: {', '.join(f'`{c}`' for c in commits)}",
                       f"- packages: {pk}", f"- python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
@@ -182,9 +182,10 @@ Holm-Bonferroni adjusted within its family (headline, controls, ablations) at 0.
 
 ## Reproduce
 ```
-make reproduce PROFILE={profile}        # every notebook, in order; finished runs are reused
-python -m kl_utils.claims --profile {profile}   # rebuild claims.csv from the records
-python -m kl_utils.report --profile {profile}   # rebuild this report
+make figures PROFILE={profile}      # redraw every figure, claims.csv and this report from the run records (trains nothing)
+make reproduce PROFILE={profile}    # train every run again from scratch and compare with these records
+python -m kl_utils claims --profile {profile}   # only claims.csv, from the records
+python -m kl_utils report --profile {profile}   # only claims.csv and this report
 ```
 """
     path = results_dir(profile) / "REPORT.md"
@@ -228,7 +229,7 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
         return [f"{path} is missing"]
     rows = claims.build(profile, cfg)
     if path.read_text() != claims.to_csv(rows):
-        problems.append(f"{path} differs from its rebuild from the run records (python -m kl_utils.claims --profile {profile})")
+        problems.append(f"{path} differs from its rebuild from the run records (python -m kl_utils claims --profile {profile})")
     named = {f"claims.csv row {r['claim']} {r['comparison']} ({r['budget']})": (r.get("run_ids") or "").split() for r in rows}
     manifest_path = figures_dir(profile) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
@@ -255,7 +256,7 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
     if readme is not None:
         block = f"{README_START}\n{headline_markdown(claims.current_arm_records(profile, cfg))}\n{README_END}"
         if block not in readme.read_text():
-            problems.append(f"{readme.name}'s headline block differs from the {profile} report (python -m kl_utils.report --profile {profile} --readme)")
+            problems.append(f"{readme.name}'s headline block differs from the {profile} report (python -m kl_utils report --profile {profile} --readme)")
     return problems
 
 
