@@ -60,3 +60,16 @@ def test_implementation_check_pairs_arms_by_seed(tmp_path, monkeypatch):
     assert set(rows) == {"baseline"}
     d = rows["baseline"]["current_minus_previous"]
     assert d["n"] == 3 and abs(d["mean"] - 0.02) < 1e-9 and d["low"] < d["mean"] < d["high"]
+
+
+def test_hf_trainer_run_counts_the_batches_it_trained_on(tmp_path):
+    """Trainer's dataloader collates one batch ahead of the step (7 collations for 6 steps); the
+    tokens a timed HF run reports are those of its 6 steps: 6 x 8 rows x 10 labelled tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from kl_utils.tools.bench_trainer import hf_trainer_run
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    examples = [{"input_ids": list(range(1, 12)), "labels": list(range(1, 12))} for _ in range(100)]
+    cfg = {"batch_size": 8, "lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.95], "warmup_frac": 0.05, "grad_clip": 1.0}
+    tokens, seconds = hf_trainer_run(model, examples, cfg, 6, 0, 0, str(tmp_path))
+    assert tokens == 6 * 8 * 10 and seconds > 0

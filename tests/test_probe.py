@@ -109,3 +109,14 @@ def test_probe_checkpoints_of_main_arms(tok, people, tmp_path, monkeypatch):
     assert len(recs) == 3 and all(0 <= r["metrics"]["heldout_acc"] <= 1 for r in recs)
     rows = probe.claim_rows(recs)
     assert [r["metric"] for r in rows] == ["pearson r (3 runs)", "spearman r (3 runs)"]
+
+
+def test_a_run_copied_under_another_arm_name_is_one_stratum():
+    """Main-experiment arm records probed after CPT: a copy of one run under a second arm name
+    (same_run_as, kl_utils.protocol.run.adopt_same_runs) must not enter the per-fact CMH row twice."""
+    facts = {"heldout": [1, 1, 0, 0, 1], "train": [1] * 5, "qa_em": [1, 0, 0, 0, 1]}
+    runs = [{"kind": "arm", "run_id": f"baseline-s{s}-x", "arm": "baseline", "seed": s, "final_facts": facts}
+            for s in range(2)]
+    copy = {**runs[0], "run_id": "sam-s0-x", "arm": "sam", "same_run_as": runs[0]["run_id"]}
+    rows = probe.claim_rows(runs + [copy], n_boot=50)
+    assert "10 facts in 2 runs" in rows[0]["metric"]

@@ -177,6 +177,7 @@ def test_kill_9_then_resume_gives_the_same_result(tmp_path):
     fresh = json.loads(next(clean.glob("killme/runs/baseline-*.json")).read_text())
     assert 30 <= step_at_kill < resumed["optimizer_steps"]["cpt"]
     assert resumed["metrics"] == fresh["metrics"]
+    assert resumed["resumed_stages"] == ["cpt"] and "resumed_stages" not in fresh  # its timing is partial
     assert resumed["history"]["cpt"]["loss"] == fresh["history"]["cpt"]["loss"]
 
 
@@ -197,3 +198,28 @@ def test_worker_records_name_the_commit_the_grid_started_at(tiny_cfg, monkeypatc
     cells = [("baseline", 0), ("format_steps", 0)]
     out = run.run_grid("toy", tiny_cfg, cells, workers=2, log=lambda *a: None)
     assert len(out) == 2 and {r["env"]["git_commit"] for r in out} == {"pinned-at-start"}
+
+
+def test_the_same_run_under_two_arm_names_is_trained_once(tiny_cfg):
+    """`sam` set to the rho a `sam_rho<v>` sweep arm ran is the same run (same seed, same spec hash):
+    trained once, the other cell gets a copy of the record marked same_run_as; a later grid with a
+    new name for it adopts the existing record instead of training."""
+    tiny_cfg["arms"] = {"sam": {"cpt": {"optimizer": "sam", "rho": 0.05}},
+                        "sam_rho0.05": {"cpt": {"optimizer": "sam", "rho": 0.05}},
+                        "sam_rho0.1": {"cpt": {"optimizer": "sam", "rho": 0.1}}}
+    lines = []
+    out = run.run_grid("toy", tiny_cfg, [("sam_rho0.05", 0), ("sam", 0), ("sam_rho0.1", 0)], workers=1,
+                       log=lines.append)
+    by_arm = {r["arm"]: r for r in out}
+    assert set(by_arm) == {"sam", "sam_rho0.05", "sam_rho0.1"}
+    assert by_arm["sam"]["same_run_as"] == by_arm["sam_rho0.05"]["run_id"] and "same_run_as" not in by_arm["sam_rho0.05"]
+    assert by_arm["sam"]["metrics"] == by_arm["sam_rho0.05"]["metrics"]
+    assert by_arm["sam"]["run_id"].rsplit("-", 1)[1] == by_arm["sam_rho0.05"]["run_id"].rsplit("-", 1)[1]
+    assert "sam_rho0.1" not in by_arm["sam"]["run_id"] and "same_run_as" not in by_arm["sam_rho0.1"]
+    assert any("2 to run" in line for line in lines)
+    # a new arm name for an existing run: adopted, nothing trained
+    tiny_cfg["arms"]["sam_best"] = {"cpt": {"optimizer": "sam", "rho": 0.1}}
+    lines.clear()
+    again = run.run_grid("toy", tiny_cfg, [("sam_best", 0)], workers=1, log=lines.append)
+    assert again[0]["same_run_as"] == by_arm["sam_rho0.1"]["run_id"]
+    assert any("0 to run" in line for line in lines)

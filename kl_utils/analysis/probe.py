@@ -20,6 +20,7 @@ from kl_utils.analysis import stats
 from kl_utils.analysis.summary import verdict
 from kl_utils.training.fact_probe import (CONTEXTS, encode_with_spans, fact_flags, heldout_spans,  # noqa: F401 (re-exported)
                                           probe, summarize, token_scores)
+from kl_utils.core import records
 
 
 def fact_table(heldout: list[int], train: list[int], answered: list[int]) -> list[dict]:
@@ -126,7 +127,7 @@ def claim_rows(recs: list[dict], n_boot: int = 2000) -> list[dict]:
     all descriptive (runs and checkpoints differ in more than the probe). The tested row is
     stratified_fact_row, the per-fact association within each run."""
     rows = []
-    probed = [r for r in recs if r.get("kind") == "arm" and r.get("final_facts")]  # probe_after_cpt (cpu-llm)
+    probed = [r for r in records.distinct_runs(recs) if r.get("kind") == "arm" and r.get("final_facts")]  # probe_after_cpt (cpu-llm)
     if probed:
         rows.append(stratified_fact_row(probed, runs="main-experiment run (probe after CPT)"))
     arms = [r for r in recs if r.get("kind") == "probe_arm"]

@@ -179,3 +179,10 @@ CONTROL_GRIDS = ("saturation", "converged", "it_side", "c7_pit", "ablations", "r
 def control_cells(cfg: dict) -> list[tuple[str, int]]:
     """The (arm, seed) cells of the profile's control grids, without duplicates."""
     return list(dict.fromkeys(c for g in CONTROL_GRIDS if g in cfg.get("grids", {}) for c in grid_cells(cfg, g)))
+
+
+def run_key(run_id: str) -> str:
+    """`s<seed>-<spec hash>` of a run id `<arm>-s<seed>-<hash>` (arm names may contain '-'): two
+    arm names with the same key are the same run (kl_utils.protocol.run.adopt_same_runs)."""
+    arm_and_seed, spec_hash = run_id.rsplit("-", 1)
+    return f"{arm_and_seed.rsplit('-', 1)[1]}-{spec_hash}"

@@ -133,6 +133,13 @@ def existing_record(profile: str, run_id: str, *, kind: str, config: dict | None
     return rec
 
 
+def distinct_runs(recs: list[dict]) -> list[dict]:
+    """The records without the copies of one run under another arm name (`same_run_as`, written by
+    kl_utils.protocol.run.adopt_same_runs): for whatever pools over runs (the C1 per-fact strata, wall time)
+    rather than comparing arms."""
+    return [r for r in recs if not r.get("same_run_as")]
+
+
 def load_run_records(profile: str, kind: str | None = None, folder: str = "runs") -> list[dict]:
     """All records of a profile (optionally of one kind), sorted by run id; `folder`: another
     folder of records under results/<profile> (e.g. runs-v1, records of a superseded config)."""

@@ -318,6 +318,8 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
     ckpt = checkpoint_dir(profile, run_id)
     every = cfg.get("checkpoint_every", default("checkpoint_every"))
     timing = {}
+    # stages continued from a checkpoint of an interrupted run: their timing covers only the rest
+    resumed = sorted(f.stem for f in ckpt.glob("*.pt")) if ckpt.exists() else []
     t0 = time.time()
     torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
     model, base_record = initial_model(profile, cfg, ds, tok, seed, log=log)
@@ -376,6 +378,8 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
              "checkpoint": str(ckpt.relative_to(ckpt.parents[1])),
              "history": {k: _history_summary(h) for k, h in hist.items()},
              "predictions": per_question}
+    if resumed:
+        extra["resumed_stages"] = resumed
     if pretrained_provenance(cfg):
         extra["pretrained"] = pretrained_provenance(cfg)
     if cpt_probe is not None:  # C1 per fact: {keys, heldout, train, qa_em} of the probed test people

@@ -16,7 +16,7 @@ import math
 import statistics
 import sys
 
-from kl_utils.config.arms import arm_spec, grads_per_step, grid_cells
+from kl_utils.config.arms import arm_spec, grads_per_step, grid_cells, run_key
 from kl_utils.config.profiles import load_config
 from kl_utils.config.schema import ProfileError, default
 
@@ -63,6 +63,8 @@ def seconds_per_grad(records: list[dict]) -> dict[str, float]:
     over arm records that carry their timing."""
     rates = {"cpt": [], "it": []}
     for rec in records:
+        if rec.get("resumed_stages") or rec.get("same_run_as"):  # timed only in part / a copy of another
+            continue
         timing, steps = rec.get("timing") or {}, rec.get("optimizer_steps") or {}
         grads = stage_grads(rec["config"], steps)
         cpt_side = grads.get("pit", 0) + grads.get("cpt", 0)
@@ -85,6 +87,7 @@ def plan_rows(profile: str, cfg: dict, cells: list[tuple[str, int]], ds) -> list
     from kl_utils.protocol import experiment
     have = {r["run_id"]: r for r in records.load_run_records(profile, kind="arm")}
     rates = seconds_per_grad(list(have.values()))
+    same_run = {run_key(i): r for i, r in sorted(have.items()) if not r.get("same_run_as")}
     counts, baseline = example_counts(ds), experiment.baseline_steps(cfg, ds)
     rows = []
     for arm, seed in cells:
@@ -92,9 +95,10 @@ def plan_rows(profile: str, cfg: dict, cells: list[tuple[str, int]], ds) -> list
         steps = stage_steps(arm_cfg, counts, baseline)
         grads = stage_grads(arm_cfg, steps)
         rec = have.get(run_id)
-        measured = rec and (rec.get("timing") or {})
+        twin = None if rec else same_run.get(run_key(run_id))  # made under another arm name: copied, not run
+        measured = rec and not rec.get("resumed_stages") and (rec.get("timing") or {})  # a resumed run timed only its rest
         rows.append({"arm": arm, "seed": seed, "run_id": run_id, "steps": steps, "grads": grads,
-                     "record": rec is not None,
+                     "record": rec is not None or twin is not None, "same_run_as": twin and twin["run_id"],
                      "measured_s": measured.get("cpt_s", 0) + measured.get("it_s", 0) if measured else None,
                      "estimate_s": estimate(grads, rates)})
     return rows
@@ -113,7 +117,7 @@ def _steps(row: dict) -> str:
 def render(profile: str, cfg: dict, rows: list[dict], grid: str | None, base_line: str) -> str:
     header = ("arm", "seed", "run id", "optimizer steps", "grad evals", "record", "training time")
     table = [header] + [(r["arm"], str(r["seed"]), r["run_id"], _steps(r), f"{math.ceil(sum(r['grads'].values()))}",
-                         "yes" if r["record"] else "no",
+                         f"same run as {r['same_run_as']}" if r.get("same_run_as") else "yes" if r["record"] else "no",
                          f"{_time(r['measured_s'])} (measured)" if r["measured_s"] is not None
                          else _time(r["estimate_s"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

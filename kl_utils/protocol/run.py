@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from tqdm.auto import tqdm
 
 from kl_utils.core import records
-from kl_utils.config.arms import CONTROL_GRIDS, arm_spec, control_cells, current_arm_records, grid_cells  # noqa: F401
+from kl_utils.config.arms import CONTROL_GRIDS, arm_spec, control_cells, current_arm_records, grid_cells, run_key  # noqa: F401
 from kl_utils.config.profiles import load_config
 from kl_utils.core.paths import environ
 from kl_utils.core.parent_watch import die_with_parent
@@ -65,7 +65,12 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     from kl_utils.protocol import experiment  # torch: imported once the profile has been checked
     records.pin_commit()  # records name the code this process loaded, not HEAD when they are written
     ds, tok, _ = experiment.prepare_data(profile, cfg)
+    adopt_same_runs(profile, cfg, cells, log=log)
     todo = cell_records(profile, cfg, cells)[1]
+    first = {}  # one run per (seed, spec): the other cells of the same run are copies of its record
+    for cell in todo:
+        first.setdefault(run_key(arm_spec(cfg, *cell)[2]), cell)
+    twins, todo = [c for c in todo if c not in first.values()], list(first.values())
     if todo and os.environ.get("KL_NO_TRAIN"):  # a redraw (make figures): draw what has records, name the rest
         log(f"{len(todo)} of {len(cells)} runs have no record and training is off (a redraw from records): "
             f"`python -m kl_utils run --profile {profile}` or `make reproduce PROFILE={profile}` makes them")
@@ -100,9 +105,35 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
                 bar.write(f"{arm} seed {seed}: test EM {res['metrics']['test_em']:.3f} "
                           f"({res['timing']['cpt_s'] + res['timing']['it_s']:.0f} s training)")
     bar.close()
+    if twins:
+        adopt_same_runs(profile, cfg, twins, log=log)
     if todo:
         log(f"grid finished in {time.time() - t0:.0f} s")
     return sorted(cell_records(profile, cfg, cells)[0], key=lambda r: r["run_id"])
+
+
+def adopt_same_runs(profile: str, cfg: dict, cells: list[tuple[str, int]], log=print) -> list[str]:
+    """Cells without a record whose run (same seed, same spec hash) was already made under another
+    arm name get a copy of that record under their own run id, marked `same_run_as`: e.g. the
+    `sam` arm once its rho is set to the value a `sam_rho<v>` sweep arm already ran. The run id
+    hashes everything the result depends on and training is bit-identical on one machine, so
+    training it again would only repeat it. Returns the run ids written."""
+    have = {r["run_id"]: r for r in records.load_run_records(profile, kind="arm")}
+    by_run = {}
+    for rid, rec in sorted(have.items()):
+        if not rec.get("same_run_as"):
+            by_run.setdefault(run_key(rid), rec)
+    written = []
+    for cell in cells:
+        rid = arm_spec(cfg, *cell)[2]
+        src = by_run.get(run_key(rid))
+        if rid in have or src is None:
+            continue
+        rec = {**src, "run_id": rid, "arm": cell[0], "same_run_as": src["run_id"]}
+        records.atomic_write_json(records.runs_dir(profile) / f"{rid}.json", rec)
+        log(f"{rid}: the same run as {src['run_id']} (same seed and spec); its record copied, not retrained")
+        written.append(rid)
+    return written
 
 
 def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple[list[dict], list[tuple[str, int]]]:

@@ -167,7 +167,7 @@ def analysis_records(profile: str, cfg: dict | None) -> dict[str, list[dict]]:
     from kl_utils.analysis import diversity
     arm_recs = current_arm_records(profile, cfg)
     current = {r["run_id"] for r in arm_recs}
-    probed = [r for r in arm_recs if r.get("final_facts")]  # arms probed right after CPT (analysis.probe_after_cpt)
+    probed = [r for r in records.distinct_runs(arm_recs) if r.get("final_facts")]  # arms probed right after CPT (analysis.probe_after_cpt)
     div = diversity.load_records(profile, cfg) if cfg is not None else records.load_run_records(profile, kind="diversity")
     of_current = lambda kind: [r for r in records.load_run_records(profile, kind=kind) if r.get("source_run_id") in current]
     probe_arm, sharp = of_current("probe_arm"), of_current("sharpness")

@@ -105,7 +105,7 @@ def environment_markdown(profile: str, recs: list[dict]) -> str:
         wall = f"{t['wall_time_s']} s end to end (`make reproduce PROFILE={profile}`); per notebook: " + \
                ", ".join(f"{k} {v} s" for k, v in t["per_notebook_s"].items())
     else:
-        wall = f"{sum(r.get('wall_time_s', 0) for r in recs):.0f} s summed over run records (no timing.json yet)"
+        wall = f"{sum(r.get('wall_time_s', 0) for r in records.distinct_runs(recs)):.0f} s summed over run records (no timing.json yet)"
     pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
     return "\n".join([f"- profile: `{profile}`", f"- git commit(s) of the run records: {', '.join(f'`{c}`' for c in commits)}",
                       f"- packages: {pk}", f"- python {env['python']} on {env['platform']}, {env['cpu_count']} CPUs, "
@@ -185,9 +185,10 @@ Holm-Bonferroni adjusted within its family (headline, controls, ablations) at 0.
 
 ## Reproduce
 ```
-make reproduce PROFILE={profile}        # every notebook, in order; finished runs are reused
-python -m kl_utils claims --profile {profile}   # rebuild claims.csv from the records
-python -m kl_utils report --profile {profile}   # rebuild this report
+make figures PROFILE={profile}      # redraw every figure, claims.csv and this report from the run records (trains nothing)
+make reproduce PROFILE={profile}    # train every run again from scratch and compare with these records
+python -m kl_utils claims --profile {profile}   # only claims.csv, from the records
+python -m kl_utils report --profile {profile}   # only claims.csv and this report
 ```
 """
     path = results_dir(profile) / "REPORT.md"

@@ -33,7 +33,9 @@ def hf_trainer_run(model, examples, cfg, n_steps, pad_id, seed, out_dir, optim=N
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its summary dict
         trainer.train()
-    return sum(counted), time.perf_counter() - t0
+    # Trainer's dataloader collates one batch ahead of the step it trains (7 collations for 6 steps):
+    # count the batches it trained on, not the ones it prepared
+    return sum(counted[:n_steps]), time.perf_counter() - t0
 
 
 def first_batches(examples, micro, pad_id, seed, mode, n) -> list[dict]:
