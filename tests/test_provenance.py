@@ -52,3 +52,33 @@ def test_provenance_check_catches_missing_and_stale_records(monkeypatch, tmp_pat
     assert f"run record {ids[0]} does not exist" in problems and "differs from its rebuild" in problems
     cfg2 = dict(cfg, cpt={**cfg["cpt"], "lr": 0.5})
     assert "does not match the profile's current config" in "\n".join(report.provenance_problems("toy", cfg2))
+
+
+@pytest.mark.skipif(not (ROOT / "results" / "cpu-llm" / "claims.csv").exists(), reason="no committed cpu-llm results")
+def test_committed_cpu_llm_results_and_readme_blocks_have_records_behind_them():
+    problems = report.provenance_problems("cpu-llm", read_profile("cpu-llm"), readme=ROOT / "README.md")
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_blocks_of_a_profile_are_refreshed_and_checked(monkeypatch, tmp_path):
+    """A profile's README blocks (headline, and beside the profiles of `beside:`) sit between markers
+    naming it; `report --readme` rewrites only those, and a stale block is a provenance problem."""
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.delenv("KL_RESULTS_ROOT", raising=False)
+    cfg = read_profile("smoke")
+    for prof in ("toy", "other"):
+        for arm in ("baseline", "sam"):
+            for s in range(3):
+                _arm(prof, cfg, arm, s, 0.1 * s + (arm == "sam") * (0.05 if prof == "toy" else -0.02))
+        claims.write(prof, cfg)
+    cfg = dict(cfg, beside=["other"])
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- headline:start -->\ncpu's, untouched\n<!-- headline:end -->\n"
+                      "<!-- headline toy:start -->\n<!-- headline toy:end -->\nmiddle\n"
+                      "<!-- beside toy:start -->\n<!-- beside toy:end -->\nend\n")
+    assert any("block <!-- headline toy:start --> differs" in p for p in report.provenance_problems("toy", cfg, readme=readme))
+    assert report.update_readme("toy", cfg, readme) and not report.update_readme("toy", cfg, readme)
+    text = readme.read_text()
+    assert "cpu's, untouched" in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "| + SAM | 0.150 ± " in text and "| `toy` | `other` | same verdict |" in text
+    assert report.provenance_problems("toy", cfg, readme=readme) == []

@@ -29,7 +29,19 @@ PAPER = {
     "C7": "with paraphrased documents, formatting augmentation and SAM on top give further gains",
     "regime": "(our control, not a claim of the paper) more CPT epochs still raise the baseline's held-out QA; supported = the shorter run was under-trained",
 }
-README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+def readme_blocks(profile: str, cfg: dict) -> dict[tuple[str, str], str]:
+    """README's generated blocks of a profile, {(start marker, end marker): markdown}: the headline
+    table (`cpu`: the unnamed markers; any other profile: markers naming it) and, for a profile with
+    `beside:`, its claims next to the other profiles'. A block is written only where README has its markers."""
+    tag = "" if profile == "cpu" else f" {profile}"
+    blocks = {(f"<!-- headline{tag}:start -->", f"<!-- headline{tag}:end -->"):
+              headline_markdown(claims.current_arm_records(profile, cfg))}
+    beside = beside_table(profile, cfg)
+    if beside:
+        blocks[(f"<!-- beside{tag}:start -->", f"<!-- beside{tag}:end -->")] = beside
+    return blocks
 
 
 def _num(x, digits=3):
@@ -86,14 +98,23 @@ def beside_markdown(profile: str, cfg: dict) -> str:
     others = [p for p in cfg.get("beside") or [] if claims.read_csv(p)]
     if not others or not claims.read_csv(profile):
         return ""
+    table = beside_table(profile, cfg)
+    return (f"## Beside {', '.join(f'`{o}`' for o in others)}\nThe comparisons both profiles ran (paired difference "
+            "b − a of held-out QA EM [95% CI over seeds], within-profile verdict).\n\n" + table + "\n\n") if table else ""
+
+
+def beside_table(profile: str, cfg: dict) -> str:
+    """The table of beside_markdown (empty when no other profile of `beside:` has claims)."""
+    others = [p for p in cfg.get("beside") or [] if claims.read_csv(p)]
+    if not others or not claims.read_csv(profile):
+        return ""
     rows = [r for r in claims.across([profile, *others]) if r["metric"] == "test_em" or r["comparison"].startswith("QA answer rate")]
     rows = [r for r in rows if r[profile] and any(r[o] for o in others)]
     head = f"| claim | comparison | budget | `{profile}` | " + " | ".join(f"`{o}`" for o in others) + " | same verdict |"
     lines = [head, "|" + "---|" * (5 + len(others))]
     lines += [f"| {r['claim']} | {r['comparison']} | {r['budget']} | {r[profile] or '—'} | "
               + " | ".join(r[o] or "—" for o in others) + f" | {'yes' if r['agree'] else 'no'} |" for r in rows]
-    return (f"## Beside {', '.join(f'`{o}`' for o in others)}\nThe comparisons both profiles ran (paired difference "
-            "b − a of held-out QA EM [95% CI over seeds], within-profile verdict).\n\n" + "\n".join(lines) + "\n\n")
+    return "\n".join(lines)
 
 
 def environment_markdown(profile: str, recs: list[dict]) -> str:
@@ -197,10 +218,11 @@ python -m kl_utils report --profile {profile}   # only claims.csv and this repor
 
 
 def update_readme(profile: str, cfg: dict, readme: Path = ROOT / "README.md") -> bool:
-    """Replace README's headline block (between the markers) with the report's table."""
-    text = readme.read_text()
-    block = f"{README_START}\n{headline_markdown(claims.current_arm_records(profile, cfg))}\n{README_END}"
-    new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+    """Replace README's blocks of the profile (readme_blocks: between their markers) with the report's tables."""
+    text = new = readme.read_text()
+    for (start, end), body in readme_blocks(profile, cfg).items():
+        block = f"{start}\n{body}\n{end}"
+        new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, new, flags=re.S)
     if new != text:
         records.atomic_write_text(readme, new)
     return new != text
@@ -209,13 +231,13 @@ def update_readme(profile: str, cfg: dict, readme: Path = ROOT / "README.md") ->
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=None)
-    ap.add_argument("--readme", action="store_true", help="also refresh README's headline block")
+    ap.add_argument("--readme", action="store_true", help="also refresh README's blocks of the profile (headline, beside)")
     args = ap.parse_args(argv)
     profile, cfg = load_config(args.profile)
     claims.write(profile, cfg)
     print(f"wrote {write_report(profile, cfg)}")
     if args.readme:
-        print("README headline block", "updated" if update_readme(profile, cfg) else "unchanged")
+        print("README blocks of", profile, "updated" if update_readme(profile, cfg) else "unchanged")
 
 
 def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> list[str]:
@@ -251,9 +273,11 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
             elif rec.get("kind") == "arm" and not is_current(rec, cfg):
                 problems.append(f"{where}: run record {run_id} does not match the profile's current config of arm {rec['arm']!r}")
     if readme is not None:
-        block = f"{README_START}\n{headline_markdown(claims.current_arm_records(profile, cfg))}\n{README_END}"
-        if block not in readme.read_text():
-            problems.append(f"{readme.name}'s headline block differs from the {profile} report (python -m kl_utils report --profile {profile} --readme)")
+        text = readme.read_text()
+        for (start, end), body in readme_blocks(profile, cfg).items():
+            if start in text and f"{start}\n{body}\n{end}" not in text:
+                problems.append(f"{readme.name}'s block {start} differs from the {profile} report "
+                                f"(python -m kl_utils report --profile {profile} --readme)")
     return problems
 
 
