@@ -1,6 +1,8 @@
-"""Fact-preservation audit of the augmentation methods (claim C3): is every answer of a document
-still verbatim in each of its variants? Formatting (protected or conservative) against the
-rewriting baselines, on synthetic bioS and, when present, the wiki2023_bio documents.
+"""Fact-preservation audit of the augmentation methods (claim C3).
+
+Is every answer of a document still verbatim in each of its variants? Formatting (protected or
+conservative) against the rewriting baselines, on synthetic bioS and, when present, the
+wiki2023_bio documents.
 
     python -m kl_utils.augment.fact_audit audit [--n 20000] [--k 5] [--seed 0] [--wiki DIR] [--json FILE]
     python -m kl_utils.augment.fact_audit examples [--seed 0]
