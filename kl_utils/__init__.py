@@ -6,7 +6,7 @@ in this list (tests/test_import_graph.py checks it, and that there is no import 
 
   core/       paths, run records (atomic writes, provenance), config hashing, command-line errors
   data/       people and the bioS generator, documents and their formats, tokenizer, datasets
-  augment/    formatting families of a document (facts protected), and their audit
+  augment/    sentence segmentation, formatting families (facts protected), rewriting baselines, audit
   config/     profiles: the schema (keys, defaults, checks), loading, arms and run ids
   training/   model factory, pretrained models, batching, training loop, SAM, evaluation
   protocol/   one run (experiment), the grid runner, the plan of a profile, predictions

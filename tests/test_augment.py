@@ -1,4 +1,5 @@
-"""Tests of kl_utils.augment.formatting: formatting-based augmentation (claim C3), its exact inverse, the
+"""Tests of kl_utils.augment (sentences, formatting, rewriting, fact_audit): formatting-based
+augmentation (claim C3), its exact inverse, the
 fact-preservation guarantee, and the audit against the rewriting baselines."""
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kl_utils.augment import formatting as A
+from kl_utils.augment import fact_audit, formatting, rewriting, sentences
 from kl_utils.data import bios
 from kl_utils.data.doc_layouts import clean_wiki_answer
 
@@ -48,7 +49,7 @@ def _substrings(data, text: str, n: int) -> list[str]:
     return out
 
 
-def _check_edits(original: str, v: A.Variant) -> None:
+def _check_edits(original: str, v: formatting.Variant) -> None:
     """Each edit is an insertion at a word boundary of the original, or a whitespace run replaced
     by another non-empty whitespace run: words are never split, changed or dropped."""
     pos_v = pos_o = 0
@@ -68,13 +69,13 @@ def _check_edits(original: str, v: A.Variant) -> None:
 # --- the inverse ------------------------------------------------------------------------------
 
 @PROPS
-@given(data=st.data(), text=texts, family=st.sampled_from(A.FAMILIES), seed=st.integers(0, 2**32))
+@given(data=st.data(), text=texts, family=st.sampled_from(formatting.FAMILIES), seed=st.integers(0, 2**32))
 def test_inverse_is_exact_for_every_family(data, text, family, seed):
     protect = data.draw(st.one_of(st.none(), st.just(_substrings(data, text, 3))))
-    v = A.transform(text, family, seed, protect)
+    v = formatting.transform(text, family, seed, protect)
     assert v.family == family
-    assert A.invert(v) == text
-    assert A.normalize_ws(A.invert(v)) == A.normalize_ws(text)
+    assert formatting.invert(v) == text
+    assert sentences.normalize_ws(formatting.invert(v)) == sentences.normalize_ws(text)
     _check_edits(text, v)
     if text.strip():
         assert v.text != text, "formatting must change any text with a non-whitespace character"
@@ -82,12 +83,12 @@ def test_inverse_is_exact_for_every_family(data, text, family, seed):
 
 def test_inverse_when_the_document_already_contains_the_symbols():
     text = '**Bold** "quoted" 1. first\n- item <p>para</p> ### head ```code``` (a) [b] {c} > q'
-    for fam in A.FAMILIES:
+    for fam in formatting.FAMILIES:
         for seed in range(20):
-            v = A.transform(text, fam, seed)
-            assert A.invert(v) == text
+            v = formatting.transform(text, fam, seed)
+            assert formatting.invert(v) == text
     with pytest.raises(TypeError):
-        A.invert("a plain string")
+        formatting.invert("a plain string")
 
 
 # --- the guarantee ----------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def test_inverse_when_the_document_already_contains_the_symbols():
 @given(data=st.data(), text=texts, seed=st.integers(0, 2**32))
 def test_protected_strings_survive_verbatim(data, text, seed):
     protect = _substrings(data, text, 4) + ["Paris", "1."]
-    for v in A.format_variants(text, len(A.FAMILIES), seed, protect=protect):
+    for v in formatting.format_variants(text, len(formatting.FAMILIES), seed, protect=protect):
         for p in protect:
             if p in text:
                 assert p in v, (p, text, v)
@@ -107,8 +108,8 @@ def test_protected_strings_survive_verbatim(data, text, seed):
 def test_bio_answers_survive_in_every_variant(doc, seed, k):
     text, answers = doc
     for protect in (answers, None):
-        for v in A.format_variants(text, k, seed, protect=protect):
-            spans = A.split_sentences(text)
+        for v in formatting.format_variants(text, k, seed, protect=protect):
+            spans = sentences.split_sentences(text)
             for a in answers:
                 inside_a_sentence = any(a in text[s:e] for s, e in spans)
                 if protect is not None or inside_a_sentence:
@@ -118,13 +119,13 @@ def test_bio_answers_survive_in_every_variant(doc, seed, k):
 @PROPS
 @given(data=st.data(), text=texts, seed=st.integers(0, 2**32))
 def test_conservative_mode_keeps_every_string_within_a_sentence(data, text, seed):
-    spans = A.split_sentences(text)
+    spans = sentences.split_sentences(text)
     inside = []
     for s, e in spans:
         i = data.draw(st.integers(s, e))
         inside.append(text[i:data.draw(st.integers(i, e))])
     no_ws = [w for w in re.split(r"\s+", text) if w][:5]
-    for v in A.format_variants(text, len(A.FAMILIES), seed):
+    for v in formatting.format_variants(text, len(formatting.FAMILIES), seed):
         for x in inside + no_ws:
             assert x in v, (x, text, v)
 
@@ -133,7 +134,7 @@ def test_conservative_mode_keeps_every_string_within_a_sentence(data, text, seed
 @given(data=st.data(), text=texts)
 def test_split_sentences_only_cuts_at_whitespace_outside_protected_strings(data, text):
     protect = data.draw(st.one_of(st.none(), st.just(_substrings(data, text, 3))))
-    spans = A.split_sentences(text, protect)
+    spans = sentences.split_sentences(text, protect)
     edges = [0] + [x for span in spans for x in span] + [len(text)]
     for a, b in zip(edges[::2], edges[1::2]):
         assert a <= b and text[a:b].strip() == "", "only whitespace between sentences"
@@ -148,52 +149,52 @@ def test_split_sentences_only_cuts_at_whitespace_outside_protected_strings(data,
 def test_split_sentences_on_wikipedia_like_text():
     text = ("Dr. J. R. Smith Jr. was born in the U.S. Virgin Islands in 1990. He scored 3.5 points (avg.) in "
             "St. Louis! \"Great.\" Then he left.\nLater life.  He works for Yum! Brands.")
-    got = [text[s:e] for s, e in A.split_sentences(text)]
+    got = [text[s:e] for s, e in sentences.split_sentences(text)]
     assert got == ["Dr. J. R. Smith Jr. was born in the U.S. Virgin Islands in 1990.",
                    "He scored 3.5 points (avg.) in St. Louis!", '"Great."', "Then he left.",
                    "Later life.", "He works for Yum!", "Brands."]
     # with the fact protected there is no cut inside it: that is what `protect` is for
-    assert "He works for Yum! Brands." in [text[s:e] for s, e in A.split_sentences(text, ["Yum! Brands"])]
-    assert "Yum! Brands" not in A.transform(text, "numbered_list", 0).text
-    assert "Yum! Brands" in A.transform(text, "numbered_list", 0, protect=["Yum! Brands"]).text
+    assert "He works for Yum! Brands." in [text[s:e] for s, e in sentences.split_sentences(text, ["Yum! Brands"])]
+    assert "Yum! Brands" not in formatting.transform(text, "numbered_list", 0).text
+    assert "Yum! Brands" in formatting.transform(text, "numbered_list", 0, protect=["Yum! Brands"]).text
 
 
 def test_protection_ignores_case():
     text = "She moved to Paris in 1990. Paris  is big."
     for seed in range(30):
-        v = A.transform(text, "extra_spaces", seed, protect=["paris in 1990"])
+        v = formatting.transform(text, "extra_spaces", seed, protect=["paris in 1990"])
         assert "Paris in 1990" in v.text
 
 
 # --- API contract -----------------------------------------------------------------------------
 
 def test_families_and_errors():
-    assert len(A.FAMILIES) == 8 and len(set(A.FAMILIES)) == 8
+    assert len(formatting.FAMILIES) == 8 and len(set(formatting.FAMILIES)) == 8
     with pytest.raises(ValueError, match="wrap_document.*numbered_list"):
-        A.format_variants("A b.", 2, 0, families=["wrap_document", "paraphrase"])
+        formatting.format_variants("A b.", 2, 0, families=["wrap_document", "paraphrase"])
     with pytest.raises(ValueError, match="valid families"):
-        A.transform("A b.", "bold", 0)
+        formatting.transform("A b.", "bold", 0)
     with pytest.raises(ValueError):
-        A.format_variants("A b.", 2, 0, families=[])
+        formatting.format_variants("A b.", 2, 0, families=[])
     with pytest.raises(ValueError, match="k must be"):
-        A.format_variants("A b.", -1, 0)
-    assert A.format_variants("A b.", 0, 0) == []
-    assert {A.transform("A b. C d.", "line_breaks", 0).family} == {"line_breaks"}
+        formatting.format_variants("A b.", -1, 0)
+    assert formatting.format_variants("A b.", 0, 0) == []
+    assert {formatting.transform("A b. C d.", "line_breaks", 0).family} == {"line_breaks"}
     # a single name works as a string too
-    assert len(A.format_variants("A b.", 3, 0, families="heading")) == 3
+    assert len(formatting.format_variants("A b.", 3, 0, families="heading")) == 3
 
 
 def test_determinism_and_family_coverage():
     people = bios.generate_people(20, 3)
     docs = [bios.render_biography(p, random.Random(i), bios.TEMPLATES)[0] for i, p in enumerate(people)]
     for doc in docs:
-        assert A.format_variants(doc, 6, 7) == A.format_variants(doc, 6, 7)
-        vs = A.make_variants(doc, len(A.FAMILIES), 7)
-        assert sorted(v.family for v in vs) == sorted(A.FAMILIES), "k <= #families: all different"
+        assert formatting.format_variants(doc, 6, 7) == formatting.format_variants(doc, 6, 7)
+        vs = formatting.make_variants(doc, len(formatting.FAMILIES), 7)
+        assert sorted(v.family for v in vs) == sorted(formatting.FAMILIES), "k <= #families: all different"
         assert len({v.text for v in vs}) == len(vs)
-    differ = sum(A.format_variants(d, 4, 1) != A.format_variants(d, 4, 2) for d in docs)
+    differ = sum(formatting.format_variants(d, 4, 1) != formatting.format_variants(d, 4, 2) for d in docs)
     assert differ >= 18
-    only = A.make_variants(docs[0], 5, 0, families=["bullet_list", "indent"])
+    only = formatting.make_variants(docs[0], 5, 0, families=["bullet_list", "indent"])
     assert {v.family for v in only} == {"bullet_list", "indent"}
 
 
@@ -214,9 +215,9 @@ def test_variants_tokenize_differently_without_unk(bio_tokenizer):
     tok, docs = bio_tokenizer
     for text, answers in docs[:60]:
         plain = tok(text, add_special_tokens=False)["input_ids"]
-        for fam in A.FAMILIES:
+        for fam in formatting.FAMILIES:
             for protect in (None, answers):
-                v = A.transform(text, fam, len(text), protect).text
+                v = formatting.transform(text, fam, len(text), protect).text
                 ids = tok(v, add_special_tokens=False)["input_ids"]
                 assert ids != plain, (fam, v)
                 assert tok.unk_token_id not in ids, (fam, v)
@@ -234,7 +235,7 @@ def test_variants_tokenize_differently_without_unk(bio_tokenizer):
        k=st.integers(0, 9), seed=st.integers(0, 2**32))
 def test_qa_variants_never_touch_the_answer(question, answer, k, seed):
     from kl_utils.data.dataset import QA_ANSWER, QA_PROMPT
-    pairs = A.format_qa_variants(question, answer, k, seed)
+    pairs = formatting.format_qa_variants(question, answer, k, seed)
     assert len(pairs) == k
     for prompt, ans in pairs:
         assert ans == answer and type(ans) is str
@@ -248,7 +249,7 @@ def test_qa_variants_of_bio_questions(bio_tokenizer):
     tok, _ = bio_tokenizer
     person = bios.generate_people(1, 5)[0]
     for qa in bios.qa_pairs(person):
-        pairs = A.format_qa_variants(qa["question"], qa["answer"], 8, 0)
+        pairs = formatting.format_qa_variants(qa["question"], qa["answer"], 8, 0)
         assert len({p for p, _ in pairs}) == 8
         assert all(a == qa["answer"] for _, a in pairs)
 
@@ -258,28 +259,28 @@ def test_qa_variants_of_bio_questions(bio_tokenizer):
 def test_baselines():
     person = bios.generate_people(1, 9)[0]
     train_pool, _ = bios.split_templates(5)
-    paras = A.paraphrase_variants(person, 5, 0, train_pool)
-    assert paras == A.paraphrase_variants(person, 5, 0, train_pool) and len(set(paras)) > 1
+    paras = rewriting.paraphrase_variants(person, 5, 0, train_pool)
+    assert paras == rewriting.paraphrase_variants(person, 5, 0, train_pool) and len(set(paras)) > 1
     assert all(person[a] in p for p in paras for a in bios.ATTRIBUTES)
 
     text = bios.render_biography(person, random.Random(0), train_pool)[0]
-    eda = A.eda_variants(text, 8, 0)
-    assert eda == A.eda_variants(text, 8, 0) and len(eda) == 8
+    eda = rewriting.eda_variants(text, 8, 0)
+    assert eda == rewriting.eda_variants(text, 8, 0) and len(eda) == 8
     assert all(v != text for v in eda)
     with pytest.raises(ValueError):
-        A.eda_variants(text, -1, 0)
+        rewriting.eda_variants(text, -1, 0)
 
-    perm = A.permute_sentences(text, 3)
-    split = lambda t: sorted(t[s:e] for s, e in A.split_sentences(t))  # noqa: E731
+    perm = rewriting.permute_sentences(text, 3)
+    split = lambda t: sorted(t[s:e] for s, e in sentences.split_sentences(t))  # noqa: E731
     assert split(perm) == split(text) and perm != text
 
 
 # --- audit ------------------------------------------------------------------------------------
 
 def test_audit_synthetic():
-    people_by_text, records, pool = A.synthetic_corpus(2000, 1)
-    methods = A.audit_methods(4, 0, people_by_text, pool)
-    rows = {name: A.audit(records, m, name) for name, m in methods.items()}
+    people_by_text, records, pool = fact_audit.synthetic_corpus(2000, 1)
+    methods = fact_audit.audit_methods(4, 0, people_by_text, pool)
+    rows = {name: fact_audit.audit(records, m, name) for name, m in methods.items()}
     fmt = rows["format (protect answers)"]
     assert fmt["documents"] == 2000 and fmt["variants"] == 8000 and fmt["checks"] == 2000 * 6 * 4
     assert fmt["violations"] == 0 and fmt["violations_ci"] == 0 and fmt["unchanged_variants"] == 0
@@ -291,19 +292,19 @@ def test_audit_synthetic():
 
 def test_audit_counts_not_checkable_separately():
     records = [("Ann was born in Paris. She works at ACME.", ["Paris", "ACME", "London"])]
-    row = A.audit(records, lambda t, a: [t.replace("ACME", "AC ME"), t])
+    row = fact_audit.audit(records, lambda t, a: [t.replace("ACME", "AC ME"), t])
     assert row["facts"] == 3 and row["not_checkable"] == 1
     assert row["checks"] == 4 and row["violations"] == 1 and row["docs_with_violation"] == 1
     assert row["unchanged_variants"] == 1
 
 
 def test_audit_wiki2023_bio():
-    folder = A.default_wiki_dir()
+    folder = fact_audit.default_wiki_dir()
     if not folder.is_dir():
         pytest.skip(f"no wiki2023_bio data at {folder}")
-    records = A.wiki_records(folder)
+    records = fact_audit.wiki_records(folder)
     assert len(records) > 1000
-    rows = {name: A.audit(records, m, name) for name, m in A.audit_methods(3, 0).items()}
+    rows = {name: fact_audit.audit(records, m, name) for name, m in fact_audit.audit_methods(3, 0).items()}
     fmt = rows["format (protect answers)"]
     assert fmt["documents"] == len(records) and fmt["checks"] > 0 and fmt["not_checkable"] > 0
     assert fmt["violations"] == 0 and fmt["violations_ci"] == 0 and fmt["unchanged_variants"] == 0

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kl_utils.augment import formatting as A
+from kl_utils.augment import fact_audit, formatting
 from kl_utils.augment import audit as R
 from kl_utils.data.tokenizer import build_word_tokenizer
 
@@ -44,7 +44,7 @@ def test_write_and_read_sample_roundtrip(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps([_item(1, text, ["Paris", "ACME", "Rome", "Lyon"])]))
     path = R.write_wiki_sample(tmp_path, tmp_path / "s.jsonl", n=5)
     assert R.read_wiki_jsonl(path) == [(text, ["Paris", "ACME", "Rome", "Lyon"])]
-    assert A.wiki_records(tmp_path) == R.read_wiki_jsonl(path)  # same cleaning as the full data
+    assert fact_audit.wiki_records(tmp_path) == R.read_wiki_jsonl(path)  # same cleaning as the full data
 
 
 def test_shipped_sample():
@@ -70,10 +70,10 @@ def test_wiki_corpus_falls_back_to_sample(tmp_path):
 
 def test_family_examples_keep_facts_and_invert():
     ex = R.family_examples(R.FIXED_TEXT, 0, R.FIXED_FACTS)
-    assert list(ex) == list(A.FAMILIES)
+    assert list(ex) == list(formatting.FAMILIES)
     for fam, text in ex.items():
         assert text != R.FIXED_TEXT and all(f in text for f in R.FIXED_FACTS)
-        assert A.invert(A.transform(R.FIXED_TEXT, fam, 0, list(R.FIXED_FACTS))) == R.FIXED_TEXT
+        assert formatting.invert(formatting.transform(R.FIXED_TEXT, fam, 0, list(R.FIXED_FACTS))) == R.FIXED_TEXT
     assert ex == R.family_examples(R.FIXED_TEXT, 0, R.FIXED_FACTS)
 
 
@@ -86,8 +86,8 @@ def test_length_stats(tok):
     records = [("Ann was born in Paris. She works at ACME Corp.", ["Paris", "ACME Corp"]),
                ("Ann was born in Paris.", ["Paris"])]
     st = R.length_stats(records, tok, seed=0)
-    assert st["documents"] == 2 and st["variants"] == 2 * len(A.FAMILIES)
-    assert list(st["families"]) == ["original", *A.FAMILIES]
+    assert st["documents"] == 2 and st["variants"] == 2 * len(formatting.FAMILIES)
+    assert list(st["families"]) == ["original", *formatting.FAMILIES]
     orig = st["families"]["original"]
     assert orig["token_increase_pct_mean"] == 0 and orig["changed_token_sequence_share"] == 0
     assert sum(orig["token_hist"].values()) == 2 and orig["unk_share"] == 0
@@ -100,7 +100,7 @@ def test_length_stats(tok):
 
 def test_family_variety(tok):
     v = R.family_variety(R.FIXED_TEXT, tok, n_seeds=30, protect=R.FIXED_FACTS)
-    assert set(v) == set(A.FAMILIES) and all(1 <= n <= 30 for n in v.values())
+    assert set(v) == set(formatting.FAMILIES) and all(1 <= n <= 30 for n in v.values())
     assert v["extra_spaces"] > v["indent"]
 
 

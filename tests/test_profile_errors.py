@@ -31,25 +31,30 @@ def variant(config_yaml: str, parent: str = "smoke") -> str:
     return f"profile: mine\nextends: {parent}\nconfig:\n{config_yaml}"
 
 
+def setting(id: str, path: str, value: str, words: str) -> Case:
+    """A profile that sets one key, `path` ("section.key"), to `value` as written in YAML; the
+    message must name that key path."""
+    section, key = path.split(".")
+    return Case(id, variant(f"  {section}: {{{key}: {value}}}\n"), path, words)
+
+
 CASES = [
-    Case("misspelled_key", variant("  cpt: {lerning_rate: 1.0e-3}\n"), "cpt.lerning_rate",
-         "unknown key 'lerning_rate' (did you mean 'lr'?"),
+    setting("misspelled_key", "cpt.lerning_rate", "1.0e-3", "unknown key 'lerning_rate' (did you mean 'lr'?"),
     Case("misspelled_key_in_arm_override", variant("  arms:\n    sam: {cpt: {optimizer: sam, rho: 0.05, sam_evry_k: 4}}\n"),
          "arms.sam.cpt.sam_evry_k", "unknown key 'sam_evry_k' (did you mean 'sam_every_k'?"),
     Case("misspelled_top_level_key", variant("  seed: [0, 1]\n"), "seed", "did you mean 'seeds'?"),
-    Case("negative_rho", variant("  cpt: {rho: -1}\n"), "cpt.rho", "is -1 (expected a number >= 0)"),
+    setting("negative_rho", "cpt.rho", "-1", "is -1 (expected a number >= 0)"),
     Case("negative_rho_in_arm", variant("  arms:\n    sam: {cpt: {optimizer: sam, rho: -0.05}}\n"), "arms.sam.cpt.rho",
          "is -0.05 (expected a number >= 0)"),
-    Case("string_lr", variant("  cpt: {lr: fast}\n"), "cpt.lr", "is 'fast' (expected a number > 0)"),
-    Case("lr_that_yaml_reads_as_a_string", variant("  it: {lr: 1e-3}\n"), "it.lr", "write it with a decimal point"),
-    Case("epochs_zero", variant("  it: {epochs: 0}\n"), "it.epochs", "is 0 (expected an integer >= 1)"),
-    Case("batch_size_float", variant("  cpt: {batch_size: 16.5}\n"), "cpt.batch_size", "expected an integer >= 1"),
-    Case("quoted_number", variant('  cpt: {batch_size: "16"}\n'), "cpt.batch_size", "a quoted number is a string"),
-    Case("unknown_optimizer", variant("  cpt: {optimizer: adam}\n"), "cpt.optimizer",
-         "is 'adam' (expected one of adamw, sam; did you mean 'adamw'?)"),
-    Case("fp16", variant("  cpt: {mixed_precision: fp16}\n"), "cpt.mixed_precision", "expected one of no, bf16"),
-    Case("bare_no", variant("  cpt: {mixed_precision: no}\n"), "cpt.mixed_precision", "YAML reads a bare no"),
-    Case("unknown_batching", variant("  base: {batching: packed}\n"), "base.batching", "did you mean 'pack'?"),
+    setting("string_lr", "cpt.lr", "fast", "is 'fast' (expected a number > 0)"),
+    setting("lr_that_yaml_reads_as_a_string", "it.lr", "1e-3", "write it with a decimal point"),
+    setting("epochs_zero", "it.epochs", "0", "is 0 (expected an integer >= 1)"),
+    setting("batch_size_float", "cpt.batch_size", "16.5", "expected an integer >= 1"),
+    setting("quoted_number", "cpt.batch_size", '"16"', "a quoted number is a string"),
+    setting("unknown_optimizer", "cpt.optimizer", "adam", "is 'adam' (expected one of adamw, sam; did you mean 'adamw'?)"),
+    setting("fp16", "cpt.mixed_precision", "fp16", "expected one of no, bf16"),
+    setting("bare_no", "cpt.mixed_precision", "no", "YAML reads a bare no"),
+    setting("unknown_batching", "base.batching", "packed", "did you mean 'pack'?"),
     Case("unknown_augmentation_family", variant("  arms:\n    f: {cpt: {augmentation: {k: 1, families: [bullets]}}}\n"),
          "arms.f.cpt.augmentation.families[0]", "is 'bullets' (expected one of wrap_document"),
     Case("unknown_family_in_ablations", variant("  ablations: {families: [heading, footer]}\n"),

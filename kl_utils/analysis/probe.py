@@ -1,16 +1,10 @@
-"""The C1 probe: fact tokens as labels of an implicit supervised task.
+"""The C1 probe: fact tokens as labels of an implicit supervised task -- its tables, records and claims.
 
-For every person and attribute, the model's loss / probability / greedy accuracy on the tokens of
-the fact value given
-  (a) `train`:   the training biography (the person's first, single CPT document),
-  (b) `heldout`: the same fact in a biography written with held-out templates (never trained on:
-                 the "test input" of the implicit supervised task),
-  (c) `qa`:      the QA prompt (teacher-forced answer tokens).
-"Greedy accuracy" = every fact token is the argmax given the true prefix, i.e. greedy decoding
-would write the value. Also the supervised view of training: mean loss on fact tokens vs on the
-other tokens, in training documents vs held-out documents (the generalization gap).
-The measurement itself (one batched forward pass per context) is kl_utils.training.fact_probe, which
-a run also calls right after CPT (kl_utils.protocol.experiment); here: its tables, records and claims.
+What is measured (loss / probability / greedy accuracy on the fact tokens given the training
+biography, a held-out-template biography and the QA prompt; loss on fact vs other tokens, the
+generalization gap) is described with the measurement itself, kl_utils.training.fact_probe (one
+batched forward pass per context), which a run also calls right after CPT
+(kl_utils.protocol.experiment); its names are re-exported here.
 """
 from __future__ import annotations
 

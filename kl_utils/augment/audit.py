@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from kl_utils.augment import formatting as augment
+from kl_utils.augment import fact_audit, formatting, sentences
 from kl_utils.core.paths import WIKI_SAMPLE
 from kl_utils.data.doc_layouts import clean_wiki_answer
 
@@ -30,7 +30,7 @@ WIKI_FULL_LABEL = "wiki2023_bio (train+test)"
 # A fixed two-sentence text for the profile-independent example (nbval checks its output).
 FIXED_TEXT = ("Ada Q. Lovelace was born on December 10, 1815, in London, UK. "
               "She worked for Babbage & Co. in Paris as an analyst.")
-FAMILY_ORDER = ("original",) + augment.FAMILIES  # run records store dicts with sorted keys
+FAMILY_ORDER = ("original",) + formatting.FAMILIES  # run records store dicts with sorted keys
 FIXED_FACTS = ("Ada Q. Lovelace", "December 10, 1815", "London, UK", "Babbage & Co.", "Paris", "analyst")
 
 
@@ -55,7 +55,7 @@ def select_wiki_sample(items: Sequence[dict], n: int = 20, min_chars: int = 250,
         seen.add(item["id"])
         answers = [clean_wiki_answer(qa["output"]) for qa in item["qa_pairs"]]
         if sum(bool(a) and a in text for a in answers) >= min_verbatim and \
-                len(augment.split_sentences(text)) >= min_sentences:
+                len(sentences.split_sentences(text)) >= min_sentences:
             cands.append(item)
     cands.sort(key=lambda x: (len(x["evidence_text"]), x["id"]))
     if len(cands) <= n:
@@ -76,7 +76,7 @@ def write_wiki_sample(folder: str | Path, path: str | Path = SAMPLE_PATH, n: int
 
 
 def read_wiki_jsonl(path: str | Path = SAMPLE_PATH) -> list[tuple[str, list[str]]]:
-    """(document, answers) records of a JSONL sample, answers cleaned like `augment.wiki_records`."""
+    """(document, answers) records of a JSONL sample, answers cleaned like `fact_audit.wiki_records`."""
     out = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -88,9 +88,9 @@ def read_wiki_jsonl(path: str | Path = SAMPLE_PATH) -> list[tuple[str, list[str]
 def wiki_corpus(wiki_dir: str | Path | None = None) -> tuple[list, str, str]:
     """(records, label, source): the full wiki2023_bio folder when present (default
     ../shared/data/wiki2023_bio), else the sample shipped with kl_utils."""
-    folder = Path(wiki_dir) if wiki_dir is not None else augment.default_wiki_dir()
+    folder = Path(wiki_dir) if wiki_dir is not None else fact_audit.default_wiki_dir()
     if folder.is_dir() and any(folder.glob("*.json")):
-        return augment.wiki_records(folder), WIKI_FULL_LABEL, str(folder)
+        return fact_audit.wiki_records(folder), WIKI_FULL_LABEL, str(folder)
     return read_wiki_jsonl(SAMPLE_PATH), WIKI_SAMPLE_LABEL, str(SAMPLE_PATH.name)
 
 
@@ -103,10 +103,10 @@ def doc_seed(text: str, seed: int) -> int:
 
 
 def family_examples(text: str, seed: int = 0, protect: Iterable[str] | None = None,
-                    families: Sequence[str] = augment.FAMILIES) -> dict[str, str]:
+                    families: Sequence[str] = formatting.FAMILIES) -> dict[str, str]:
     """One variant per family (each family with `random.Random(seed)`)."""
     protect = list(protect) if protect is not None else None
-    return {fam: augment.transform(text, fam, seed, protect).text for fam in families}
+    return {fam: formatting.transform(text, fam, seed, protect).text for fam in families}
 
 
 def preview(text: str, n: int = 300) -> str:
@@ -144,7 +144,7 @@ def length_stats(records: Sequence[tuple[str, Sequence[str]]], tokenizer, seed: 
     for text, answers in records:
         texts.append(text)
         fams.append("original")
-        for v in augment.make_variants(text, len(augment.FAMILIES), doc_seed(text, seed), protect=list(answers)):
+        for v in formatting.make_variants(text, len(formatting.FAMILIES), doc_seed(text, seed), protect=list(answers)):
             texts.append(v.text)
             fams.append(v.family)
     ids = [tuple(x) for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
@@ -161,7 +161,7 @@ def length_stats(records: Sequence[tuple[str, Sequence[str]]], tokenizer, seed: 
         p["changed"] += seq != orig_ids
         p["unk"] += sum(t == unk for t in seq)
     families = {}
-    for fam in ("original",) + tuple(f for f in augment.FAMILIES if f in per):
+    for fam in ("original",) + tuple(f for f in formatting.FAMILIES if f in per):
         p = per[fam]
         n, ntok = len(p["tokens"]), sum(p["tokens"])
         families[fam] = {"n": n, "chars_mean": sum(p["chars"]) / n, "tokens_mean": ntok / n,
@@ -180,8 +180,8 @@ def family_variety(text: str, tokenizer, n_seeds: int = 200, protect: Iterable[s
     """Distinct token sequences each family produces for one document over seeds 0..n_seeds-1."""
     protect = list(protect) if protect is not None else None
     out = {}
-    for fam in augment.FAMILIES:
-        variants = [augment.transform(text, fam, s, protect).text for s in range(n_seeds)]
+    for fam in formatting.FAMILIES:
+        variants = [formatting.transform(text, fam, s, protect).text for s in range(n_seeds)]
         out[fam] = len({tuple(x) for x in tokenizer(variants)["input_ids"]})
     return out
 
@@ -210,14 +210,14 @@ def expand_hist(hist: dict[str, int]) -> list[int]:
 # Audit
 
 def audit_rows(n_synthetic: int, k: int, seed: int, wiki_records: Sequence, wiki_label: str) -> list[dict]:
-    """`augment.audit` of every method of `augment.audit_methods` on a synthetic bioS corpus of
+    """`fact_audit.audit` of every method of `fact_audit.audit_methods` on a synthetic bioS corpus of
     n_synthetic documents and on the given real documents (paraphrase: synthetic only)."""
     rows = []
-    people_by_text, records, pool = augment.synthetic_corpus(n_synthetic, seed)
-    for name, method in augment.audit_methods(k, seed, people_by_text, pool).items():
-        rows.append({"data": f"synthetic bioS (n={n_synthetic})", **augment.audit(records, method, name)})
-    for name, method in augment.audit_methods(k, seed).items():
-        rows.append({"data": wiki_label, **augment.audit(wiki_records, method, name)})
+    people_by_text, records, pool = fact_audit.synthetic_corpus(n_synthetic, seed)
+    for name, method in fact_audit.audit_methods(k, seed, people_by_text, pool).items():
+        rows.append({"data": f"synthetic bioS (n={n_synthetic})", **fact_audit.audit(records, method, name)})
+    for name, method in fact_audit.audit_methods(k, seed).items():
+        rows.append({"data": wiki_label, **fact_audit.audit(wiki_records, method, name)})
     return rows
 
 
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
     s.add_argument("--n", type=int, default=20)
     s.add_argument("--out", type=Path, default=SAMPLE_PATH)
     args = ap.parse_args(argv)
-    folder = args.wiki or augment.default_wiki_dir()
+    folder = args.wiki or fact_audit.default_wiki_dir()
     path = write_wiki_sample(folder, args.out, args.n)
     print(f"wrote {path} ({path.stat().st_size:,} bytes, {len(read_wiki_jsonl(path))} documents)")
     return 0

@@ -248,8 +248,9 @@ def cpt_documents(people, cpt_cfg: dict, seed: int) -> list[str]:
     `augmentation: {k, families, method}` is set, k augmented copies of each document. method
     "format" (default): formatting variants with the facts (and the name) protected, so every
     answer stays verbatim in every copy (kl_utils.augment.formatting); "eda": blind EDA-style word edits
-    (the rewriting baseline of C3 / C7, which can damage facts)."""
-    from kl_utils.augment import formatting as augment
+    (kl_utils.augment.rewriting, the rewriting baseline of C3 / C7, which can damage facts)."""
+    from kl_utils.augment.formatting import format_variants
+    from kl_utils.augment.rewriting import eda_variants
     aug = cpt_cfg.get("augmentation") or {}
     k, method = aug.get("k", 0), aug.get("method", "format")
     if method not in ("format", "eda"):
@@ -260,25 +261,25 @@ def cpt_documents(people, cpt_cfg: dict, seed: int) -> list[str]:
         for j, doc in enumerate(row["bios"][:cpt_cfg.get("paraphrases", 1)]):
             docs.append(doc)
             if k and method == "format":
-                docs += augment.format_variants(doc, k, _aug_seed(seed, row["person_id"], j),
-                                                families=aug.get("families"), protect=protect)
+                docs += format_variants(doc, k, _aug_seed(seed, row["person_id"], j),
+                                        families=aug.get("families"), protect=protect)
             elif k:
-                docs += augment.eda_variants(doc, k, _aug_seed(seed, row["person_id"], j))
+                docs += eda_variants(doc, k, _aug_seed(seed, row["person_id"], j))
     return docs
 
 
 def it_examples(people_ds, split, it_cfg: dict, seed: int) -> list[dict]:
     """IT QA pairs of a split, plus k formatted versions of each question when `augmentation` is
     set (the answer string is never touched)."""
-    from kl_utils.augment import formatting as augment
+    from kl_utils.augment.formatting import format_qa_variants
     aug = it_cfg.get("augmentation") or {}
     k = aug.get("k", 0)
     out = []
     for i, ex in enumerate(data.qa_examples(people_ds, split)):
         out.append(ex)
         if k:
-            for prompt, answer in augment.format_qa_variants(ex["question"], ex["answer"], k, _aug_seed(seed, i),
-                                                             families=aug.get("families"), protect=[ex["name"]]):
+            for prompt, answer in format_qa_variants(ex["question"], ex["answer"], k, _aug_seed(seed, i),
+                                                     families=aug.get("families"), protect=[ex["name"]]):
                 out.append(dict(ex, prompt=prompt, answer=answer))
     return out
 
