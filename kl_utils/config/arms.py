@@ -186,3 +186,8 @@ def run_key(run_id: str) -> str:
     arm names with the same key are the same run (kl_utils.protocol.run.adopt_same_runs)."""
     arm_and_seed, spec_hash = run_id.rsplit("-", 1)
     return f"{arm_and_seed.rsplit('-', 1)[1]}-{spec_hash}"
+
+
+def runs_by_key(recs: list[dict]) -> dict[str, dict]:
+    """The original record of each run (copies under another arm name left out), by run_key."""
+    return {run_key(r["run_id"]): r for r in sorted(records.distinct_runs(recs), key=lambda r: r["run_id"], reverse=True)}

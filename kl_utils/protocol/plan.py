@@ -16,7 +16,8 @@ import math
 import statistics
 import sys
 
-from kl_utils.config.arms import arm_spec, grads_per_step, grid_cells, run_key
+from kl_utils.config.arms import arm_spec, grads_per_step, grid_cells, run_key, runs_by_key
+from kl_utils.core.records import distinct_runs
 from kl_utils.config.profiles import load_config
 from kl_utils.config.schema import ProfileError, default
 
@@ -62,8 +63,8 @@ def seconds_per_grad(records: list[dict]) -> dict[str, float]:
     """Median seconds per gradient evaluation of the CPT side (PIT + CPT: timing cpt_s) and of IT,
     over arm records that carry their timing."""
     rates = {"cpt": [], "it": []}
-    for rec in records:
-        if rec.get("resumed_stages") or rec.get("same_run_as"):  # timed only in part / a copy of another
+    for rec in distinct_runs(records):  # a copy of another run's record is not timed twice
+        if rec.get("resumed_stages"):  # timed only in part
             continue
         timing, steps = rec.get("timing") or {}, rec.get("optimizer_steps") or {}
         grads = stage_grads(rec["config"], steps)
@@ -87,7 +88,7 @@ def plan_rows(profile: str, cfg: dict, cells: list[tuple[str, int]], ds) -> list
     from kl_utils.protocol import experiment
     have = {r["run_id"]: r for r in records.load_run_records(profile, kind="arm")}
     rates = seconds_per_grad(list(have.values()))
-    same_run = {run_key(i): r for i, r in sorted(have.items()) if not r.get("same_run_as")}
+    same_run = runs_by_key(list(have.values()))
     counts, baseline = example_counts(ds), experiment.baseline_steps(cfg, ds)
     rows = []
     for arm, seed in cells:

@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from tqdm.auto import tqdm
 
 from kl_utils.core import records
-from kl_utils.config.arms import CONTROL_GRIDS, arm_spec, control_cells, current_arm_records, grid_cells, run_key  # noqa: F401
+from kl_utils.config.arms import CONTROL_GRIDS, arm_spec, control_cells, current_arm_records, grid_cells, run_key, runs_by_key  # noqa: F401
 from kl_utils.config.profiles import load_config
 from kl_utils.core.paths import environ
 from kl_utils.core.parent_watch import die_with_parent
@@ -119,10 +119,7 @@ def adopt_same_runs(profile: str, cfg: dict, cells: list[tuple[str, int]], log=p
     hashes everything the result depends on and training is bit-identical on one machine, so
     training it again would only repeat it. Returns the run ids written."""
     have = {r["run_id"]: r for r in records.load_run_records(profile, kind="arm")}
-    by_run = {}
-    for rid, rec in sorted(have.items()):
-        if not rec.get("same_run_as"):
-            by_run.setdefault(run_key(rid), rec)
+    by_run = runs_by_key(list(have.values()))
     written = []
     for cell in cells:
         rid = arm_spec(cfg, *cell)[2]
