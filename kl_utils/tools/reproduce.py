@@ -45,10 +45,12 @@ def notebooks(cfg: dict | None = None) -> list[Path]:
 
 def read_profiles(cfg: dict) -> list[str]:
     """Profiles whose records the notebooks of a profile read but do not produce (notebook 06's
-    controls and base models; the profiles its report sets `beside` it)."""
+    controls and base models; the other (base model, data draw) pairs its claims pool; the profiles
+    its report sets `beside` it)."""
     controls = cfg.get("controls") or {}
     out = [] if controls.get("run", True) else [controls.get("profile")]
-    return [p for p in dict.fromkeys(out + list(controls.get("base_models") or []) + list(cfg.get("beside") or [])) if p]
+    out += list(controls.get("base_models") or []) + list(cfg.get("pairs") or []) + list(cfg.get("beside") or [])
+    return [p for p in dict.fromkeys(out) if p]
 
 
 def run_notebooks(profile: str, out_dir: Path, env: dict, log=print) -> dict[str, int]:
