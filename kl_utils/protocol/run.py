@@ -85,8 +85,12 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
     bar = tqdm(total=round(sum(cost[a] for a, _ in todo)), desc=f"{profile} grid", unit="ex",
                disable=not todo or None)
     if workers <= 1:
+        # A run's arithmetic must not depend on --workers (float reductions differ with the thread
+        # count): where the profile's grids run in 1-thread workers, a run in this process uses 1
+        # thread too -- and two such runners side by side do not oversubscribe the cores.
+        run_cfg = dict(cfg, threads=1) if cfg.get("workers", 1) > 1 else cfg
         for arm, seed in todo:
-            experiment.run_arm(profile, cfg, ds, tok, arm=arm, seed=seed, log=log)
+            experiment.run_arm(profile, run_cfg, ds, tok, arm=arm, seed=seed, log=log)
             bar.update(round(cost[arm]))
     elif todo:
         # tqdm reads TQDM_DISABLE when it is imported, so the workers must inherit it from their
