@@ -231,3 +231,19 @@ def test_random_effects_over_base_model_pairs(monkeypatch, tmp_path):
     _write_pair("pd", "baseline", 0, 0.2, base="base-pa")
     with pytest.raises(ValueError, match="share base model and data draw"):
         claims.build("pa", {"pairs": ["pa", "pd"]})
+
+
+def test_near_convergence_format_sam_rows_are_non_inferiority_controls():
+    """format + SAM at 48 epochs vs formatting at 48 / SAM at 96 answers C5 near convergence: a
+    non-inferiority row with C5's margin, in the controls family (not the paper's headline budgets)."""
+    from kl_utils.reporting import verdicts
+    for arm_a in ("format_ep48", "sam_ep96"):
+        row = {"claim": "C5", "comparison": "x", "arm_a": arm_a, "arm_b": "format_sam_ep48", "diff": -0.01,
+               "ci_low": -0.015, "ci_high": -0.005, "n_seeds": 3}
+        out = verdicts.annotate([row])[0]
+        assert (out["test"], out["margin"], out["family"], out["verdict"]) == \
+            ("non-inferiority", 0.02, "controls", "non-inferior")
+    row = {"claim": "C5", "comparison": "x", "arm_a": "baseline_ep96", "arm_b": "format_sam_ep48", "diff": -0.01,
+           "ci_low": -0.015, "ci_high": -0.005, "n_seeds": 3}
+    assert verdicts.annotate([row])[0]["test"] == "superiority"
+    assert ("C5", "format_ep48", "format_sam_ep48", "steps") in {c[:4] for c in claims.COMPARISONS}

@@ -103,3 +103,38 @@ def test_it_curves_frame_and_figure():
     assert len([ln for ln in ax.get_lines() if len(ln.get_xdata())]) == 2 * 2  # arm x split (mean over seeds)
     assert figures.it_curves_frame([rec("baseline", 0, False)]).empty
     plt.close(fig)
+
+
+def test_near_convergence_figure_draws_one_line_per_pair_over_the_arms_present():
+    recs = {}
+    for pair, shift in (("pA", 0.0), ("pB", 0.05)):
+        recs[(pair, "base", 0)] = [_rec(arm, s, 0.4 + shift + s / 100, epochs=ep, sam="sam" in arm)
+                                   for s in (0, 1) for arm, ep in (("baseline_ep96", 96), ("sam_ep96", 96),
+                                                                   ("format_ep48", 48), ("baseline", 12))]
+    df = figures.pairs_frame(recs, figures.NEAR_CONVERGENCE)
+    assert set(df.pair) == {"pA", "pB"} and "baseline" not in set(df.arm) and len(df) == 12
+    fig = figures.near_convergence_figure(df)
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.lines if len(ln.get_xdata()) == 3]  # one mean line per pair over the 3 arms present
+    assert len(lines) == 2
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["AdamW", "+format", "+SAM"]
+    assert lines[1].get_ydata()[0] == pytest.approx(0.455)  # pB's AdamW-at-96 mean over seeds 0.45, 0.46
+    plt.close(fig)
+    assert figures.near_convergence_figure(figures.pairs_frame({}, figures.NEAR_CONVERGENCE)) is None
+
+
+def test_across_figure_draws_the_pooled_estimate_under_the_pairs():
+    import pandas as pd
+    long = pd.DataFrame([{"claim": "C4", "comparison": "SAM vs AdamW", "budget": "steps", "profile": p, "diff": d,
+                          "ci_low": d - 0.02, "ci_high": d + 0.02} for p, d in (("pA", 0.01), ("pB", 0.05))])
+    pooled = pd.DataFrame([{"claim": "C4", "comparison": "SAM vs AdamW", "budget": "steps", "re_diff": "0.03",
+                            "re_ci_low": "-0.2", "re_ci_high": "0.26"},
+                           {"claim": "C9", "comparison": "not drawn", "budget": "steps", "re_diff": "0.5",
+                            "re_ci_low": "0.4", "re_ci_high": "0.6"}])
+    fig = figures.across_figure(long, pooled=pooled)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[-1].startswith("pooled over pairs") and len(labels) == 3
+    diamond = [ln for ln in ax.lines if ln.get_marker() == "D"]
+    assert len(diamond) == 1 and list(diamond[0].get_xdata()) == [pytest.approx(0.03)]
+    plt.close(fig)

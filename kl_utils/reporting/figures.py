@@ -259,27 +259,83 @@ def it_side_figure(df: pd.DataFrame, arms: list[str] | None = None,
     return g.figure
 
 
-def across_figure(long: pd.DataFrame):
+def across_figure(long: pd.DataFrame, pooled: pd.DataFrame | None = None,
+                  title: str = "the same comparisons on each profile"):
     """One row per claim comparison (b - a, held-out EM), one marker with its 95% CI per profile
-    (e.g. per base model): do the verdicts hold across them? None when there is nothing to draw."""
+    (e.g. per (base model, data draw) pair): do the verdicts hold across them? With `pooled` (claims
+    rows with re_diff / re_ci_low / re_ci_high / n_pairs), a black diamond per row under the markers:
+    the random-effects estimate over the pairs with its Hartung-Knapp CI -- the primary verdict.
+    None when there is nothing to draw."""
     if not len(long):
         return None
-    matched = {"epochs": "epoch-matched", "steps": "step-matched"}
-    labels = [f"{c} {cmp} ({matched.get(b, b)})" for c, cmp, b in zip(long.claim, long.comparison, long.budget)]
-    long = long.assign(label=labels)
-    order = list(dict.fromkeys(labels))
+    matched = {"epochs": "epoch-matched", "steps": "step-matched", "compute": "compute-matched"}
+    label = lambda c, cmp, b: f"{c} {cmp} ({matched.get(b, b)})"
+    long = long.assign(label=[label(*k) for k in zip(long.claim, long.comparison, long.budget)])
+    order = list(dict.fromkeys(long.label))
     profiles = list(dict.fromkeys(long.profile))
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(order) + 1.2))
+    slots = len(profiles) + (pooled is not None)
+    offset = lambda i: (i - (slots - 1) / 2) * min(0.16, 0.8 / slots)
+    fig, ax = plt.subplots(figsize=(10, (0.3 + 0.12 * slots) * len(order) + 2.0))
     for i, prof in enumerate(profiles):
         sub = long[long.profile == prof]
-        y = [order.index(lbl) + (i - (len(profiles) - 1) / 2) * 0.22 for lbl in sub.label]
+        y = [order.index(lbl) + offset(i) for lbl in sub.label]
         ax.errorbar(sub["diff"], y, xerr=[sub["diff"] - sub.ci_low, sub.ci_high - sub["diff"]], fmt="o",
-                    capsize=3, label=prof, color=f"C{i}")
+                    capsize=2, markersize=4, label=f"{prof} (within pair, over CPT seeds)", color=f"C{i}")
+    if pooled is not None and len(pooled):
+        pooled = pooled.assign(label=[label(*k) for k in zip(pooled.claim, pooled.comparison, pooled.budget)],
+                               **{c: pd.to_numeric(pooled[c], errors="coerce") for c in ("re_diff", "re_ci_low", "re_ci_high")})
+        pooled = pooled[pooled.label.isin(order) & pooled.re_diff.notna()]
+        y = [order.index(lbl) + offset(slots - 1) for lbl in pooled.label]
+        ax.errorbar(pooled.re_diff, y, xerr=[pooled.re_diff - pooled.re_ci_low, pooled.re_ci_high - pooled.re_diff],
+                    fmt="D", color="black", capsize=3, markersize=6, label="pooled over pairs (random effects, HKSJ 95% CI)")
     ax.axvline(0, color="gray", ls="--")
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
-    ax.set(xlabel="held-out EM difference b - a (mean over seeds, 95% CI)", title="the same comparisons on each profile")
-    ax.legend(title="profile", loc="best", fontsize=8)
+    ax.set(xlabel="held-out EM difference b - a (95% CI)", title=title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.3, -0.6 / len(order) - 0.06), ncol=2, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# Near convergence (grid `converged` of cpu-full and of the pairs cpu-draw1 / cpu-draw2): AdamW at 8x and
+# 16x the CPT epochs, and formatting / SAM / both at AdamW-at-8x's optimizer steps.
+NEAR_CONVERGENCE = ["baseline_ep96", "baseline_ep192", "format_ep48", "sam_ep96", "format_sam_ep48"]
+NEAR_LABELS = {"baseline_ep96": "AdamW\n96 ep", "baseline_ep192": "AdamW\n192 ep", "format_ep48": "+format\n48 ep",
+               "sam_ep96": "+SAM\n96 ep", "format_sam_ep48": "+format +SAM\n48 ep"}
+
+
+def pairs_frame(pair_recs: dict, arms: list[str]) -> pd.DataFrame:
+    """One row per arm run of the given arms in every (base model, data draw) pair: pair (its
+    profile), arm, seed, run_id and the metrics of arm_frame. pair_recs: verdicts.pair_records()."""
+    frames = [arm_frame([r for r in recs if r["arm"] in arms]).assign(pair=key[0])
+              for key, recs in pair_recs.items()]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def near_convergence_figure(df: pd.DataFrame, metric: str = "test_em"):
+    """Held-out EM of the near-convergence arms on each (base model, data draw) pair: one colour per
+    pair, small points per CPT seed, the pair's mean joined across arms. Arms at the same x-position
+    share optimizer steps except AdamW at 192 epochs, which has SAM's and format + SAM's gradient
+    evaluations. None when there is nothing to draw."""
+    arms = [a for a in NEAR_CONVERGENCE if a in set(df.get("arm", []))]
+    if not arms:
+        return None
+    df = df[df.arm.isin(arms)]
+    pairs = list(dict.fromkeys(df.pair))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    for i, pair in enumerate(pairs):
+        sub = df[df.pair == pair]
+        dx = (i - (len(pairs) - 1) / 2) * 0.08
+        x = [arms.index(a) + dx for a in sub.arm]
+        ax.scatter(x, sub[metric], s=14, color=f"C{i}", alpha=0.5)
+        means = sub.groupby("arm")[metric].mean().reindex(arms)
+        n = sub.groupby("arm")[metric].size().reindex(arms)
+        ax.plot([k + dx for k in range(len(arms))], means.values, "-o", color=f"C{i}", markersize=6,
+                label=f"{pair} ({int(n.max())} seeds)")
+    ax.set_xticks(range(len(arms)), [NEAR_LABELS.get(a, a) for a in arms])
+    ax.set(ylabel="held-out QA exact match", title="Near convergence, one line per (base model, data draw) pair")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title="pair: mean (line), seeds (points)")
     fig.tight_layout()
     return fig
 
