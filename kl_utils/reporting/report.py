@@ -33,11 +33,18 @@ PAPER = {
 
 def readme_blocks(profile: str, cfg: dict) -> dict[tuple[str, str], str]:
     """README's generated blocks of a profile, {(start marker, end marker): markdown}: the headline
-    table (`cpu`: the unnamed markers; any other profile: markers naming it) and, for a profile with
+    table (`cpu`: the unnamed markers; any other profile: markers naming it), the verdicts of its
+    headline family and of its near-convergence rows (from claims.csv), and, for a profile with
     `beside:`, its claims next to the other profiles'. A block is written only where README has its markers."""
     tag = "" if profile == "cpu" else f" {profile}"
     blocks = {(f"<!-- headline{tag}:start -->", f"<!-- headline{tag}:end -->"):
               headline_markdown(claims.current_arm_records(profile, cfg))}
+    rows = claims.read_csv(profile)
+    blocks[(f"<!-- claims{tag}:start -->", f"<!-- claims{tag}:end -->")] = \
+        verdicts_markdown([r for r in rows if r.get("family") == "headline"])
+    near = set(figures.NEAR_CONVERGENCE)
+    blocks[(f"<!-- near{tag}:start -->", f"<!-- near{tag}:end -->")] = \
+        verdicts_markdown([r for r in rows if r.get("arm_a") in near and r.get("arm_b") in near and r["metric"] == "test_em"])
     beside = beside_table(profile, cfg)
     if beside:
         blocks[(f"<!-- beside{tag}:start -->", f"<!-- beside{tag}:end -->")] = beside
@@ -72,6 +79,24 @@ def claims_markdown(rows: list[dict]) -> str:
                      f"| {_ci_cell(r['diff'], r['ci_low'], r['ci_high'])} | {r['n_seeds']} | {r['verdict']} | {test} "
                      f"| {r.get('n_pairs') or '—'} | {_ci_cell(r.get('re_diff'), r.get('re_ci_low'), r.get('re_ci_high'))} "
                      f"| {r['re_verdict'] if claims.present(r.get('re_verdict')) else '—'} | {holm} |")
+    return "\n".join(lines)
+
+
+def verdicts_markdown(rows: list[dict]) -> str:
+    """README's compact view of claims rows: the estimate within the profile's own (base model, data
+    draw) pair over CPT seeds, the random-effects estimate over the pairs, and the Holm verdict."""
+    lines = ["| claim | comparison (b vs a) | budget | test | this pair: diff [95% CI], seeds → verdict "
+             "| pairs | over pairs: diff [95% CI] → verdict | Holm (family) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        arms = f" (`{r['arm_b']}` vs `{r['arm_a']}`)" if r.get("arm_a") else ""
+        arms += f", {r['metric']}" if r["metric"] != "test_em" else ""
+        test = r.get("test", "") + (f", margin {float(r['margin']):.2f}" if claims.present(r.get("margin")) else "")
+        over = (f"{_ci_cell(r.get('re_diff'), r.get('re_ci_low'), r.get('re_ci_high'))} → {r['re_verdict']}"
+                if claims.present(r.get("re_verdict")) else "—")
+        holm = f"**{r['verdict_holm']}** ({r['family']})" if claims.present(r.get("verdict_holm")) else "—"
+        lines.append(f"| {r['claim']} | {r['comparison']}{arms} | {r['budget']} | {test} "
+                     f"| {_ci_cell(r['diff'], r['ci_low'], r['ci_high'])}, {r['n_seeds']} → {r['verdict']} "
+                     f"| {r.get('n_pairs') or '—'} | {over} | {holm} |")
     return "\n".join(lines)
 
 
@@ -217,11 +242,16 @@ python -m kl_utils report --profile {profile}   # only claims.csv and this repor
     return path
 
 
+def _block(start: str, body: str, end: str) -> str:
+    """A generated README block as written and as checked: markers on their own lines around the body."""
+    return f"{start}\n{body}\n{end}"
+
+
 def update_readme(profile: str, cfg: dict, readme: Path = ROOT / "README.md") -> bool:
     """Replace README's blocks of the profile (readme_blocks: between their markers) with the report's tables."""
     text = new = readme.read_text()
     for (start, end), body in readme_blocks(profile, cfg).items():
-        block = f"{start}\n{body}\n{end}"
+        block = _block(start, body, end)
         new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, new, flags=re.S)
     if new != text:
         records.atomic_write_text(readme, new)
@@ -275,7 +305,7 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
     if readme is not None:
         text = readme.read_text()
         for (start, end), body in readme_blocks(profile, cfg).items():
-            if start in text and f"{start}\n{body}\n{end}" not in text:
+            if start in text and _block(start, body, end) not in text:
                 problems.append(f"{readme.name}'s block {start} differs from the {profile} report "
                                 f"(python -m kl_utils report --profile {profile} --readme)")
     return problems
