@@ -28,7 +28,8 @@ def savefig(fig, profile: str, name: str, run_ids=None, source: str | None = Non
     paths = []
     for ext in ("png", "pdf"):
         path = out / f"{name}.{ext}"
-        fig.savefig(path)
+        # no creation date in the PDF: a redraw of unchanged records leaves the file byte-identical
+        fig.savefig(path, metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(str(path.relative_to(out.parents[1])))
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
