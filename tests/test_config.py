@@ -123,15 +123,15 @@ def test_defaults_are_written_once():
         assert set(schema.TRAIN) <= set(schema.SCHEMA[stage])
 
 
-def test_checking_a_profile_imports_no_torch_and_takes_milliseconds():
-    code = ("import sys, time; t = time.time(); from kl_utils.config import profiles as config\n"
+def test_checking_a_profile_imports_no_torch():
+    # what keeps a profile check fast is that it imports no torch / datasets (no wall-clock bound here:
+    # timings belong in `make bench`, and a loaded machine would fail such a test for nothing)
+    code = ("import sys; from kl_utils.config import profiles as config\n"
             "for p in config.available_profiles(): config.load_config(p)\n"
-            "assert 'torch' not in sys.modules and 'datasets' not in sys.modules, 'heavy import'\n"
-            "print(time.time() - t)")
+            "assert 'torch' not in sys.modules and 'datasets' not in sys.modules, 'heavy import'\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=config.ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(config.ROOT)})
     assert proc.returncode == 0, proc.stderr
-    assert float(proc.stdout) < 1.5
 
 
 def test_injected_config_is_checked_too():
