@@ -19,8 +19,19 @@ def test_committed_cpu_results_have_records_behind_them():
 
 @pytest.mark.skipif(not (ROOT / "results" / "cpu-full" / "claims.csv").exists(), reason="no committed cpu-full results")
 def test_committed_controls_have_records_behind_them():
-    """The controls notebook draws from cpu-full's records (the cpu report quotes them)."""
-    problems = report.provenance_problems("cpu-full", read_profile("cpu-full"))
+    """The controls notebook draws from cpu-full's records (the cpu report quotes them; README quotes its
+    near-convergence rows)."""
+    problems = report.provenance_problems("cpu-full", read_profile("cpu-full"), readme=ROOT / "README.md")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("pair", [p for p in read_profile("cpu").get("pairs", []) if p not in ("cpu", "cpu-full")])
+def test_committed_claims_of_every_pair_match_the_records(pair):
+    """Each (base model, data draw) pair's claims.csv pools over all the pairs: a new record in any of
+    them changes every pair's random-effects columns (python -m kl_utils claims --profile <pair>)."""
+    if not (ROOT / "results" / pair / "claims.csv").exists():
+        pytest.skip(f"no committed {pair} results")
+    problems = report.provenance_problems(pair, read_profile(pair))
     assert not problems, "\n".join(problems)
 
 

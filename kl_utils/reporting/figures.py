@@ -8,6 +8,7 @@ import pandas as pd
 import seaborn as sns
 
 from kl_utils.analysis import stats
+from kl_utils.reporting import plots
 from kl_utils.config.arms import ablation_of, grads_per_step
 
 # The headline arms, in display order, per budget ("steps": every arm gets the baseline's
@@ -76,7 +77,7 @@ def headline_figure(df: pd.DataFrame, metric: str = "test_em"):
         sub["label"] = sub.arm.map(lambda a: LABELS.get(a, a))
         order = [LABELS.get(a, a) for a in arms if a in set(sub.arm)]
         if len(sub):
-            sns.barplot(data=sub, x="label", y=metric, order=order, errorbar=("ci", 95), ax=ax,
+            sns.barplot(data=sub, x="label", y=metric, order=order, errorbar=plots.t_interval, ax=ax,
                         hue="label", hue_order=order, legend=False)
             sns.stripplot(data=sub, x="label", y=metric, order=order, color="black", size=3, ax=ax)
         ax.set(title=f"{budget[:-1]}-matched budget", xlabel="", ylabel="held-out QA exact match")
@@ -153,7 +154,7 @@ def ablation_figure(abl: pd.DataFrame, baseline: float, metric: str = "test_em")
     for ax, f in zip(axes[0], factors):
         sub = abl[abl.factor == f]
         order = sorted(set(sub.level), key=lambda v: (_number(v), v))
-        sns.barplot(data=sub, x="level", y=metric, order=order, errorbar=("ci", 95), ax=ax, color="C0")
+        sns.barplot(data=sub, x="level", y=metric, order=order, errorbar=plots.t_interval, ax=ax, color="C0")
         ax.axhline(baseline, ls="--", color="gray", label="AdamW baseline")
         ax.set(title={"family": "one augmentation family (k=1, step-matched)", "k": "formatted copies k (step-matched)",
                       "rho": "SAM radius rho"}[f], xlabel=f, ylabel="held-out QA exact match")
@@ -251,7 +252,7 @@ def it_side_figure(df: pd.DataFrame, arms: list[str] | None = None,
     sub["split"] = sub.split.map({"train_em": "IT people (train half)", "test_em": "held-out people"})
     sub["label"] = sub.arm.map(label)
     order = [label[a] for a in arms]
-    g = sns.catplot(data=sub, y="label", x="exact match", col="split", order=order, kind="bar", errorbar=("ci", 95),
+    g = sns.catplot(data=sub, y="label", x="exact match", col="split", order=order, kind="bar", errorbar=plots.t_interval,
                     sharex=False, height=3.6, aspect=1.3, hue="label", hue_order=order, legend=False)
     g.set_titles("{col_name}")
     g.set_ylabels("")
@@ -350,6 +351,6 @@ def it_curves_frame(recs: list[dict], arms=tuple(HEADLINE["steps"])) -> pd.DataF
 def it_curves_figure(ep: pd.DataFrame):
     """QA exact match over IT epochs per arm (mean, 95% CI over seeds), train and test people as line styles."""
     g = sns.relplot(data=ep, x="IT epoch", y="exact match", hue="arm", style="split", kind="line", marker="o",
-                    errorbar=("ci", 95), height=3.6, aspect=1.8)
+                    errorbar=plots.t_interval, height=3.6, aspect=1.8)
     g.set(ylim=(0, 1), title="QA exact match during IT")
     return g.figure
