@@ -60,7 +60,9 @@ def compare_records(committed: dict, fresh: dict) -> dict:
 
 
 def load_records(folder: Path) -> dict[str, dict]:
-    return {json.loads(p.read_text())["run_id"]: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
+    """The run records of a folder by run id (each file parsed once)."""
+    recs = (json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json")))
+    return {r["run_id"]: r for r in recs}
 
 
 def read_claims(path: Path) -> dict[tuple, dict]:
