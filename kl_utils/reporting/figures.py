@@ -316,8 +316,8 @@ def pairs_frame(pair_recs: dict, arms: list[str]) -> pd.DataFrame:
 
 def near_convergence_figure(df: pd.DataFrame, metric: str = "test_em"):
     """Held-out EM of the near-convergence arms on each (base model, data draw) pair: one colour per
-    pair, small points per CPT seed, the pair's mean joined across arms. Arms at the same x-position
-    share optimizer steps except AdamW at 192 epochs, which has SAM's and format + SAM's gradient
+    pair, small points per CPT seed, the pair's mean joined across arms. The three method arms have
+    AdamW-at-96's optimizer steps; AdamW at 192 epochs has SAM's and format + SAM's gradient
     evaluations. None when there is nothing to draw."""
     arms = [a for a in NEAR_CONVERGENCE if a in set(df.get("arm", []))]
     if not arms:
