@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -234,13 +233,17 @@ def test_output_in_a_read_only_folder(tmp_path, capsys):
 
 def test_path_that_looks_local_never_goes_to_the_hub(tmp_path, monkeypatch, capsys):
     """data/mydocs.jsonl that does not exist is a missing file, even with the hub allowed."""
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"went to the hub: {args}")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
     monkeypatch.chdir(tmp_path)
     for name in ("data/mydocs.jsonl", "./docs", "a/b/c", "~/x.json", "mydocs.json"):
         assert not documents.is_hub_id(name), name
-        t0 = time.time()
         rc, _, err = cli(["validate", name], capsys)
-        assert rc == 1 and time.time() - t0 < 5
+        assert rc == 1
         check_message(err, name, None, None, "no such file or folder")
     assert documents.is_hub_id("omron-sinicx/wiki2023_plus") and documents.is_hub_id("someone/data.v2")
 
