@@ -93,3 +93,24 @@ def test_readme_blocks_of_a_profile_are_refreshed_and_checked(monkeypatch, tmp_p
     assert "cpu's, untouched" in text and text.startswith("intro\n") and text.endswith("end\n")
     assert "| + SAM | 0.150 ± " in text and "| `toy` | `other` | same verdict |" in text
     assert report.provenance_problems("toy", cfg, readme=readme) == []
+
+
+def test_a_figure_across_pairs_may_name_the_records_of_the_other_pairs(monkeypatch, tmp_path):
+    """Notebook 06's near-convergence figure is saved under cpu-full but draws every pair's records."""
+    import matplotlib.pyplot as plt
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.delenv("KL_RESULTS_ROOT", raising=False)
+    cfg = dict(read_profile("smoke"), pairs=["toy", "toy2"])
+    from kl_utils.config import profiles
+    for module in (report, profiles):  # report's own import, and the one claims' pairs use
+        monkeypatch.setattr(module, "load_config", lambda name: (name, cfg))
+    own = [_arm("toy", cfg, "baseline", s, 0.1) for s in range(2)]
+    other = [_arm("toy2", dict(cfg, data={**cfg["data"], "seed": 7}), "baseline", s, 0.2) for s in range(2)]
+    claims.write("toy", cfg)
+    fig = plt.figure()
+    plots.savefig(fig, "toy", "across", run_ids=own + other)
+    problems = report.provenance_problems("toy", cfg)
+    assert not any("does not exist" in p for p in problems), problems
+    plots.savefig(fig, "toy", "across", run_ids=own + ["baseline-s9-nowhere"])
+    assert "run record baseline-s9-nowhere does not exist" in "\n".join(report.provenance_problems("toy", cfg))
+    plt.close(fig)

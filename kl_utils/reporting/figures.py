@@ -79,7 +79,7 @@ def headline_figure(df: pd.DataFrame, metric: str = "test_em"):
         if len(sub):
             sns.barplot(data=sub, x="label", y=metric, order=order, errorbar=plots.t_interval, ax=ax,
                         hue="label", hue_order=order, legend=False)
-            sns.stripplot(data=sub, x="label", y=metric, order=order, color="black", size=3, ax=ax)
+            plots.strip(data=sub, x="label", y=metric, order=order, color="black", size=3, ax=ax)
         ax.set(title=f"{budget[:-1]}-matched budget", xlabel="", ylabel="held-out QA exact match")
     fig.suptitle("Held-out QA exact match (bars: mean, 95% CI over seeds; dots: seeds)")
     fig.tight_layout()

@@ -64,7 +64,7 @@ def c2_diversity_figure(final: pd.DataFrame, passes: int):
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=False)
     for ax, col in zip(axes, C2_COLUMNS):
         sns.pointplot(data=final, x="paraphrases", y=col, errorbar=plots.t_interval, ax=ax, capsize=0.2, linestyles="-")
-        sns.stripplot(data=final, x="paraphrases", y=col, ax=ax, color="0.4", size=4, alpha=0.6)
+        plots.strip(data=final, x="paraphrases", y=col, ax=ax, color="0.4", size=4, alpha=0.6)
         ax.set(title=col, xlabel=f"distinct paraphrases per person ({passes} documents each)", ylabel="")
     fig.suptitle(f"C2: diversity at a fixed budget ({len(set(final.seed))} seeds)", y=1.03)
     return fig

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves; notebooks keep inline
 import seaborn as sns
 
@@ -16,6 +17,17 @@ PALETTE = "colorblind"
 def set_style() -> None:
     sns.set_theme(style="whitegrid", palette=PALETTE, context="notebook")
     plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "savefig.bbox": "tight"})
+
+
+def strip(**kwargs):
+    """sns.stripplot with the same jitter on every redraw: seaborn jitters from numpy's global random
+    state, so draw from a fixed seed and give the caller's state back."""
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        return sns.stripplot(**kwargs)
+    finally:
+        np.random.set_state(state)
 
 
 def t_interval(values) -> tuple[float, float]:

@@ -273,11 +273,20 @@ def main(argv=None) -> None:
 def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> list[str]:
     """Everything a reader sees must have run records behind it, of the profile's current config:
     claims.csv equal to its rebuild from the records, every run id a table row or a figure names
-    present in results/<profile>/runs, every arm record named there matching the profile's current
-    arm config, every figure in the manifest, and (optionally) README's headline block equal to
+    present in results/<profile>/runs (or, for figures across pairs, in a `pairs:` profile's), every
+    arm record named there matching its profile's current arm config, every figure in the manifest, and (optionally) README's headline block equal to
     the report's. Returns the problems found (empty: all good)."""
     problems = []
     runs = {r["run_id"]: r for r in records.load_run_records(profile)}
+    # figures across (base model, data draw) pairs name records of the other pairs: each is checked
+    # against its own profile's current config
+    config_of = {run_id: cfg for run_id in runs}
+    for pair in cfg.get("pairs") or []:
+        if pair != profile:
+            pcfg = load_config(pair)[1]
+            for r in records.load_run_records(pair):
+                runs.setdefault(r["run_id"], r)
+                config_of.setdefault(r["run_id"], pcfg)
     path = results_dir(profile) / "claims.csv"
     if not path.exists():
         return [f"{path} is missing"]
@@ -300,7 +309,7 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
             rec = runs.get(run_id)
             if rec is None:
                 problems.append(f"{where}: run record {run_id} does not exist")
-            elif rec.get("kind") == "arm" and not is_current(rec, cfg):
+            elif rec.get("kind") == "arm" and not is_current(rec, config_of[run_id]):
                 problems.append(f"{where}: run record {run_id} does not match the profile's current config of arm {rec['arm']!r}")
     if readme is not None:
         text = readme.read_text()
