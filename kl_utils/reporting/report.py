@@ -64,16 +64,21 @@ def _ci_cell(diff, low, high) -> str:
     return f"{_num(diff)} [{_num(low)}, {_num(high)}]" if _num(low) not in ("—", "nan") else f"{_num(diff)} (no CI)"
 
 
+def _test_cell(r: dict) -> str:
+    return r.get("test", "") + (f", margin {float(r['margin']):.2f}" if claims.present(r.get("margin")) else "")
+
+
+def _holm_cell(r: dict) -> str:
+    return f"**{r['verdict_holm']}** ({r['family']})" if claims.present(r.get("verdict_holm")) else "—"
+
+
 def claims_markdown(rows: list[dict]) -> str:
     lines = ["| claim | the paper says | comparison (b vs a) | budget | metric | a | b | within-pair diff b − a [95% CI] | seeds "
              "| verdict | test | pairs | random effects over pairs [95% CI] | verdict over pairs | Holm verdict (family) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         arms = f": `{r['arm_b']}` vs `{r['arm_a']}`" if r.get("arm_a") else ""
-        test = r.get("test", "")
-        if claims.present(r.get("margin")):
-            test += f", margin {float(r['margin']):.2f}"
-        holm = f"**{r['verdict_holm']}** ({r['family']})" if claims.present(r.get("verdict_holm")) else "—"
+        test, holm = _test_cell(r), _holm_cell(r)
         lines.append(f"| {r['claim']} | {PAPER.get(r['claim'], '')} | {r['comparison']}{arms} "
                      f"| {r['budget']} | {r['metric']} | {_num(r['mean_a'])} | {_num(r['mean_b'])} "
                      f"| {_ci_cell(r['diff'], r['ci_low'], r['ci_high'])} | {r['n_seeds']} | {r['verdict']} | {test} "
@@ -90,10 +95,9 @@ def verdicts_markdown(rows: list[dict]) -> str:
     for r in rows:
         arms = f" (`{r['arm_b']}` vs `{r['arm_a']}`)" if r.get("arm_a") else ""
         arms += f", {r['metric']}" if r["metric"] != "test_em" else ""
-        test = r.get("test", "") + (f", margin {float(r['margin']):.2f}" if claims.present(r.get("margin")) else "")
+        test, holm = _test_cell(r), _holm_cell(r)
         over = (f"{_ci_cell(r.get('re_diff'), r.get('re_ci_low'), r.get('re_ci_high'))} → {r['re_verdict']}"
                 if claims.present(r.get("re_verdict")) else "—")
-        holm = f"**{r['verdict_holm']}** ({r['family']})" if claims.present(r.get("verdict_holm")) else "—"
         lines.append(f"| {r['claim']} | {r['comparison']}{arms} | {r['budget']} | {test} "
                      f"| {_ci_cell(r['diff'], r['ci_low'], r['ci_high'])}, {r['n_seeds']} → {r['verdict']} "
                      f"| {r.get('n_pairs') or '—'} | {over} | {holm} |")
