@@ -9,11 +9,12 @@ STAMP    := $(VENV)/.installed-stamp
 PROFILES := $(basename $(notdir $(wildcard profiles/*.yaml)))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: env reproduce figures plan test unit nbval lab bench controls clean-env check-profile help
+.PHONY: env reproduce figures collect plan test unit nbval lab bench controls clean-env check-profile help
 
 help:
 	@echo "make reproduce [PROFILE=$(PROFILES)]   recompute every run from scratch, redraw, compare with the committed records (cpu: ~35 min)"
 	@echo "make figures [PROFILE=...]             redraw every figure, table and report from the committed records (no training)"
+	@echo "make collect FROM=DIR [PROFILE=...]    copy the run records another checkout made (a worktree running a grid), then redraw"
 	@echo "make plan [PROFILE=...]                every run of the profile's grids: run id, steps, record, estimated time (no training)"
 	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
 	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
@@ -44,6 +45,12 @@ reproduce: check-profile $(STAMP)
 # figures: every figure, table, claims.csv and REPORT.md redrawn from the committed records; trains nothing.
 figures: check-profile $(STAMP)
 	$(PY) -m kl_utils figures --profile $(PROFILE)
+
+# collect: the records a grid made in another checkout (e.g. a git worktree at a clean commit), copied
+# in (never overwriting), then `figures` and everything else they feed (other pairs' claims, README).
+collect: check-profile $(STAMP)
+	@test -n "$(FROM)" || { echo "error: give the other checkout: make collect FROM=path/to/checkout PROFILE=$(PROFILE)" >&2; exit 2; }
+	$(PY) -m kl_utils collect --from $(FROM) --profile $(PROFILE)
 
 # plan: what reproduce would train, run by run, without training anything.
 plan: check-profile $(STAMP)

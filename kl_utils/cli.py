@@ -27,6 +27,8 @@ VERBS = {
                                                   "committed records"),
     "figures": ("kl_utils.tools.reproduce", ["--redraw"], "redraw figures, tables, claims and report from the committed "
                                                           "records (= reproduce --redraw)"),
+    "collect": ("kl_utils.tools.collect", [], "copy run records from another checkout (a worktree running a grid), then "
+                                              "redraw everything they feed"),
     "claims": ("kl_utils.reporting.claims", [], "write claims.csv (the verdicts) of a profile"),
     "report": ("kl_utils.reporting.report", [], "write claims.csv and REPORT.md of a profile"),
     "bench": ("kl_utils.tools.bench", [], "speed benchmarks"),
@@ -35,7 +37,7 @@ VERBS = {
 }
 
 # Verbs whose --profile is checked (kl_utils.config.schema) before their module is imported.
-PROFILE_VERBS = ("run", "plan", "reproduce", "figures", "claims", "report", "gpu-check")
+PROFILE_VERBS = ("run", "plan", "reproduce", "figures", "collect", "claims", "report", "gpu-check")
 _PROFILE = argparse.ArgumentParser(add_help=False)
 _PROFILE.add_argument("--profile")
 

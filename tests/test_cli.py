@@ -43,7 +43,7 @@ def test_verbs_prefix_their_modules_arguments(monkeypatch):
 
 def test_makefile_calls_the_cli():
     make = (ROOT / "Makefile").read_text()
-    for verb in ("reproduce", "figures", "bench", "run", "gpu-check", "plan"):
+    for verb in ("reproduce", "figures", "collect", "bench", "run", "gpu-check", "plan"):
         assert f"$(PY) -m kl_utils {verb} " in make, verb
     assert not re.search(r"-m kl_utils\.(reproduce|bench|run|paper)\b", make)
 

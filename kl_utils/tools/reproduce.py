@@ -172,15 +172,62 @@ def reproduce(profile: str, *, results_root: Path, figures_root: Path, fresh: bo
     return result
 
 
+def dependents(profile: str, cfg: dict) -> dict[str, list[str]]:
+    """Profiles whose published tables read this profile's records: the other (base model, data draw)
+    pairs of its design (their random-effects columns pool every pair) and the profiles that set it
+    `beside` theirs (REPORT.md's 'Beside' section, README's beside block)."""
+    from kl_utils.config.profiles import available_profiles
+    pairs = [p for p in cfg.get("pairs") or [] if p != profile]
+    beside = [name for name in available_profiles() if name != profile and profile in (load_config(name)[1].get("beside") or [])]
+    return {"pairs": pairs, "beside": beside}
+
+
+def refresh_dependents(profile: str, cfg: dict, *, results_root: Path, figures_root: Path,
+                       readme: Path | None = None, log=print) -> list[str]:
+    """After the profile's notebooks redrew its own outputs, what else its records feed: every other
+    pair's claims.csv (and REPORT.md where it has one), the REPORT.md of every profile that sets it
+    beside its own, and README's generated blocks of the profile and all of them (readme: None leaves
+    README alone).
+    Without this, a record added to one pair left the others' claims stale until someone ran
+    `claims` by hand: exactly what the provenance test then failed on. Returns what changed."""
+    from kl_utils.reporting import claims, report
+    changed = []
+    deps = dependents(profile, cfg)
+    with environ(KL_RESULTS_ROOT=str(results_root), KL_FIGURES_ROOT=str(figures_root)):
+        for other in dict.fromkeys(deps["pairs"] + deps["beside"]):
+            ocfg = load_config(other)[1]
+            before = {name: (results_root / other / name).read_bytes() if (results_root / other / name).exists() else None
+                      for name in ("claims.csv", "REPORT.md")}
+            if before["REPORT.md"] is not None:
+                claims.write(other, ocfg)
+                report.write_report(other, ocfg)
+            elif other in deps["pairs"]:
+                claims.write(other, ocfg)
+            for name, old in before.items():
+                path = results_root / other / name
+                if path.exists() and path.read_bytes() != old:
+                    changed.append(str(path.relative_to(results_root.parent)))
+        if readme is not None:
+            for name in [profile, *deps["pairs"], *deps["beside"]]:
+                if report.update_readme(name, load_config(name)[1], readme):
+                    changed.append(f"{readme.name} ({name} blocks)")
+    for item in changed:
+        log(f"refreshed {item}")
+    return changed
+
+
 def redraw(profile: str, *, results_root: Path, figures_root: Path, log=print) -> dict[str, int]:
-    """Every notebook on the committed records with training switched off."""
-    profile, _ = load_config(profile)
+    """Every notebook on the committed records with training switched off, then what else reads
+    those records (refresh_dependents; README only when the tree is the committed one)."""
+    profile, cfg = load_config(profile)
     env = {"KL_RESULTS_ROOT": str(results_root), "KL_FIGURES_ROOT": str(figures_root), "KL_PROFILE": profile,
            "KL_NO_TRAIN": "1", **QUIET}
     with environ(KL_RESULTS_ROOT=str(results_root)):
         n = len(records.load_run_records(profile))
     t0 = time.time()
     times = run_notebooks(profile, results_root / profile / "scratch", env, log=log)
+    readme = ROOT / "README.md" if results_root == ROOT / "results" else None
+    refresh_dependents(profile, cfg, results_root=results_root, figures_root=figures_root, readme=readme, log=log)
     log(f"redrew the figures, tables, claims.csv and REPORT.md of {profile} from {n} committed run records "
         f"in {time.time() - t0:.0f} s, training nothing")
     return times
