@@ -59,6 +59,7 @@ def main(argv=None) -> int:
         if code:
             return code
     run = importlib.import_module(module).main
+    argv0, sys.argv[0] = sys.argv[0], f"python -m kl_utils {args.verb}"  # argparse's prog in usage lines and errors
     try:  # kl_utils.data.documents reads no profile and has its own one-line errors and --debug
         return run(rest) if args.verb == "documents" else entry(run, rest)
     except SystemExit as stop:  # argparse in the module (--help, a usage error)
@@ -66,3 +67,5 @@ def main(argv=None) -> int:
             print(stop.code, file=sys.stderr)
             return 1
         return stop.code or 0
+    finally:
+        sys.argv[0] = argv0

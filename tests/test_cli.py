@@ -143,3 +143,29 @@ def test_a_bad_document_file_named_by_a_profile_is_one_line(tmp_path, monkeypatc
     assert cli.main(["run", "--profile", str(path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"{docs}:2: is not valid JSON") and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--profile", "smoke", "--workers", "0"], "python -m kl_utils run: error: argument --workers: expected a whole number >= 1, got '0'"),
+    (["claims", "--across", "nope", "smoke"], "unknown profile 'nope'"),
+    (["figures", "--profile", "smoke", "--fresh"], "python -m kl_utils figures: error: --fresh, --publish and --allow-dirty are options of reproduce"),
+    (["collect", "--profile", "smoke"], "python -m kl_utils collect: error: the following arguments are required: --from"),
+])
+def test_bad_options_end_in_one_line_naming_the_verb(argv, message, capsys, monkeypatch):
+    """Found by trying them: --workers 0 silently meant the profile's default, --across with an unknown
+    profile printed an empty table, figures accepted --fresh and ignored it, usage lines said __main__.py."""
+    monkeypatch.setattr(sys, "argv", ["__main__.py"])
+    try:
+        code = cli.main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "__main__.py" not in err
+    assert sys.argv == ["__main__.py"]
+
+
+def test_claims_across_a_profile_without_claims(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    assert cli.main(["claims", "--across", "smoke", "cpu"]) == 2
+    assert f"{tmp_path / 'smoke' / 'claims.csv'} does not exist (python -m kl_utils claims --profile smoke)" in capsys.readouterr().err

@@ -143,13 +143,19 @@ def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple
     return [have[c] for c in cells if c in have], [c for c in cells if c not in have]
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run a grid of arms x seeds of the knowledge-learning protocol.")
     ap.add_argument("--profile", default=None, help="profile name (default: KL_PROFILE or cpu)")
     ap.add_argument("--grid", default=None, help="a named grid of the profile (grids:); default: all of them")
     ap.add_argument("--arms", nargs="+", default=None, help="instead of --grid: these arms ...")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="... with these seeds (default: the profile's)")
-    ap.add_argument("--workers", type=int, default=None, help="parallel 1-thread processes (default: profile's)")
+    ap.add_argument("--workers", type=_positive, default=None, help="parallel 1-thread processes (default: profile's)")
     args = ap.parse_args(argv)
     profile, cfg = load_config(args.profile)
     try:

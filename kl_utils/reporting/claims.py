@@ -302,6 +302,10 @@ def main(argv=None) -> None:
                     help="print the claims.csv rows of these profiles side by side (reads, rebuilds nothing)")
     args = ap.parse_args(argv)
     if args.across:
+        for prof in args.across:
+            load_config(prof)  # an unknown profile: one line naming the valid ones
+            if not (results_dir(prof) / "claims.csv").exists():
+                ap.error(f"{results_dir(prof) / 'claims.csv'} does not exist (python -m kl_utils claims --profile {prof})")
         rows = across(args.across)
         for r in rows:
             if sum(bool(r[p]) for p in args.across) >= min(2, len(args.across)):  # rows shared by two or more

@@ -244,6 +244,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results-root", type=Path, default=ROOT / "results", help=argparse.SUPPRESS)
     ap.add_argument("--figures-root", type=Path, default=ROOT / "figures", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.redraw and (args.fresh or args.publish or args.allow_dirty):
+        ap.error("--fresh, --publish and --allow-dirty are options of reproduce; figures (--redraw) trains and publishes nothing")
     profile = resolve_profile(args.profile)  # kl_utils.config.schema.ProfileError: one line (kl_utils.core.command.entry)
     if args.redraw:
         redraw(profile, results_root=args.results_root, figures_root=args.figures_root)
