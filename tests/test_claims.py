@@ -146,6 +146,21 @@ def test_across_tolerates_rows_without_a_difference(monkeypatch, tmp_path):
     assert claims.across_long(["p"], metric="pearson r") == []
 
 
+def test_across_pooled_shows_the_over_pairs_estimate_where_there_is_one(monkeypatch, tmp_path):
+    """Beside another design (README / REPORT 'Beside'), a profile pooled over pairs shows its random-effects
+    row, not the within-pair one: the first beside table set cpu's one base model against cpu-llm's 3 draws."""
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    head = "claim,comparison,budget,metric,diff,ci_low,ci_high,n_seeds,verdict,n_pairs,re_diff,re_ci_low,re_ci_high,re_verdict\n"
+    for prof, row in (("pairs", "C3,f,epochs,test_em,0.104,0.039,0.168,3,supported,5,0.089,0.057,0.121,supported\n"),
+                      ("draws", "C3,f,epochs,test_em,0.128,-0.051,0.308,3,inconclusive,,,,,\n")):
+        (tmp_path / prof).mkdir()
+        (tmp_path / prof / "claims.csv").write_text(head + row)
+    pooled = claims.across(["draws", "pairs"], pooled=True)[0]
+    assert pooled["pairs"] == "+0.089 [+0.057, +0.121] supported (5 pairs)"
+    assert pooled["draws"] == "+0.128 [-0.051, +0.308] inconclusive (n=3)" and not pooled["agree"]
+    assert claims.across(["pairs"])[0]["pairs"] == "+0.104 [+0.039, +0.168] supported (n=3)"  # the default: within pair
+
+
 def _write_pair(profile, arm, seed, test, base="base-A", data_seed=0):
     records.write_run_record(profile, f"{arm}-s{seed}", kind="arm", config={"arm": arm, "data": {"seed": data_seed}},
                              seed=seed, metrics={"test_em": test, "valid_em": 0.5}, wall_time_s=1.0,

@@ -138,3 +138,14 @@ def test_across_figure_draws_the_pooled_estimate_under_the_pairs():
     diamond = [ln for ln in ax.lines if ln.get_marker() == "D"]
     assert len(diamond) == 1 and list(diamond[0].get_xdata()) == [pytest.approx(0.03)]
     plt.close(fig)
+
+
+def test_near_convergence_arms_are_the_pairs_converged_grids():
+    """figures.NEAR_CONVERGENCE (the arms the near-convergence figures and README block show) and the
+    `converged` grids that train them are written in two places: they must name the same arms."""
+    from kl_utils.config.profiles import read_profile
+    for pair in ("cpu-draw1", "cpu-draw2"):
+        grid = {a for cell in read_profile(pair)["grids"]["converged"] for a in cell["arms"]}
+        assert grid == set(figures.NEAR_CONVERGENCE), pair
+    full = read_profile("cpu-full")["grids"]
+    assert set(figures.NEAR_CONVERGENCE) <= {a for g in ("converged", "saturation") for cell in full[g] for a in cell["arms"]}

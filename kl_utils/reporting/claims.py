@@ -274,20 +274,24 @@ def across_long(profiles: list[str], metric: str = "test_em") -> list[dict]:
     return [r for r in rows if count[(r["claim"], r["comparison"], r["budget"])] >= need]
 
 
-def across(profiles: list[str]) -> list[dict]:
+def across(profiles: list[str], pooled: bool = False) -> list[dict]:
     """Each claim row (claim, comparison, budget, metric) of several profiles side by side -- e.g.
     the same protocol on different base models -- with `agree`: every profile that has the row
-    gives it the same verdict. Rows of the first profile first."""
+    gives it the same verdict. Rows of the first profile first. pooled: where a row was pooled over
+    two or more (base model, data draw) pairs, show that estimate ("5 pairs") instead of the
+    within-pair one over CPT seeds ("n=3"): the figure to set beside another design's."""
     table: dict[tuple, dict] = {}
     for prof in profiles:
         for r in read_csv(prof):
             key = (r["claim"], r["comparison"], r["budget"], r["metric"])
             row = table.setdefault(key, dict(zip(("claim", "comparison", "budget", "metric"), key)))
-            ci = f" [{float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}]" if "" not in (r["ci_low"], r["ci_high"]) \
-                and r["ci_low"] != "nan" else ""
-            diff = f"{float(r['diff']):+.3f}" if r["diff"] not in ("", "nan") else "n/a"
-            row[prof] = f"{diff}{ci} {r['verdict']} (n={r['n_seeds']})"
-            row.setdefault("_verdicts", set()).add(r["verdict"])
+            over_pairs = pooled and r.get("re_verdict") and int(r.get("n_pairs") or 0) >= 2
+            d, lo, hi, verdict = ((r["re_diff"], r["re_ci_low"], r["re_ci_high"], r["re_verdict"]) if over_pairs else
+                                  (r["diff"], r["ci_low"], r["ci_high"], r["verdict"]))
+            ci = f" [{float(lo):+.3f}, {float(hi):+.3f}]" if "" not in (lo, hi) and lo != "nan" else ""
+            diff = f"{float(d):+.3f}" if d not in ("", "nan") else "n/a"
+            row[prof] = f"{diff}{ci} {verdict} " + (f"({r['n_pairs']} pairs)" if over_pairs else f"(n={r['n_seeds']})")
+            row.setdefault("_verdicts", set()).add(verdict)
     out = []
     for row in table.values():
         verdicts = row.pop("_verdicts")
@@ -303,8 +307,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.across:
         for prof in args.across:
-            load_config(prof)  # an unknown profile: one line naming the valid ones
             if not (results_dir(prof) / "claims.csv").exists():
+                load_config(prof)  # an unknown profile: one line naming the valid ones
                 ap.error(f"{results_dir(prof) / 'claims.csv'} does not exist (python -m kl_utils claims --profile {prof})")
         rows = across(args.across)
         for r in rows:

@@ -129,7 +129,9 @@ def beside_markdown(profile: str, cfg: dict) -> str:
         return ""
     table = beside_table(profile, cfg)
     return (f"## Beside {', '.join(f'`{o}`' for o in others)}\nThe comparisons both profiles ran (paired difference "
-            "b − a of held-out QA EM [95% CI over seeds], within-profile verdict).\n\n" + table + "\n\n") if table else ""
+            "b − a of held-out QA EM [95% CI], verdict): over the (base model, data draw) "
+            "pairs where a profile has two or more (random effects, 'k pairs'), else over its seeds ('n='; in `cpu-llm` "
+            "each seed is a data draw).\n\n" + table + "\n\n") if table else ""
 
 
 def beside_table(profile: str, cfg: dict) -> str:
@@ -137,7 +139,7 @@ def beside_table(profile: str, cfg: dict) -> str:
     others = [p for p in cfg.get("beside") or [] if claims.read_csv(p)]
     if not others or not claims.read_csv(profile):
         return ""
-    rows = [r for r in claims.across([profile, *others]) if r["metric"] == "test_em" or r["comparison"].startswith("QA answer rate")]
+    rows = [r for r in claims.across([profile, *others], pooled=True) if r["metric"] == "test_em" or r["comparison"].startswith("QA answer rate")]
     rows = [r for r in rows if r[profile] and any(r[o] for o in others)]
     head = f"| claim | comparison | budget | `{profile}` | " + " | ".join(f"`{o}`" for o in others) + " | same verdict |"
     lines = [head, "|" + "---|" * (5 + len(others))]
