@@ -69,6 +69,25 @@ def test_provenance_check_catches_missing_and_stale_records(monkeypatch, tmp_pat
 def test_committed_cpu_llm_results_and_readme_blocks_have_records_behind_them():
     problems = report.provenance_problems("cpu-llm", read_profile("cpu-llm"), readme=ROOT / "README.md")
     assert not problems, "\n".join(problems)
+    # docs/cpu-llm.md's status table of every grid cell (per-seed block) is written from the records too
+    assert "<!-- per-seed cpu-llm:start -->" in (ROOT / "docs" / "cpu-llm.md").read_text()
+    problems = report.provenance_problems("cpu-llm", read_profile("cpu-llm"), readme=ROOT / "docs" / "cpu-llm.md")
+    assert not problems, "\n".join(problems)
+
+
+def test_per_seed_block_shows_every_grid_cell(monkeypatch, tmp_path):
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    cfg = dict(read_profile("smoke"), grids={"main": [{"arms": ["baseline", "sam"], "seeds": [0, 1]}],
+                                             "sweep": [{"arms": ["baseline", "sam_rho0.1"], "seeds": [0]}]})
+    _arm("toy", cfg, "baseline", 0, 0.25)
+    _arm("toy", cfg, "sam", 1, 0.5)
+    lines = report.per_seed_markdown("toy", cfg).splitlines()
+    assert lines[0] == "| grid | arm | CPT updates | CPT gradients | seed 0 | seed 1 |"
+    rows = {line.split(" | ")[1]: line for line in lines[2:]}
+    assert list(rows) == ["`baseline`", "`sam`", "`sam_rho0.1`"]  # baseline under main (more seeds), not the sweep
+    assert rows["`baseline`"].startswith("| main |") and "| 0.250 |" in rows["`baseline`"] and rows["`baseline`"].endswith("| — |")
+    assert rows["`sam`"].endswith("| — | 0.500 |")
+    assert rows["`sam_rho0.1`"] == "| sweep | `sam_rho0.1` | — | — | — |  |"
 
 
 def test_readme_blocks_of_a_profile_are_refreshed_and_checked(monkeypatch, tmp_path):

@@ -48,7 +48,40 @@ def readme_blocks(profile: str, cfg: dict) -> dict[tuple[str, str], str]:
     beside = beside_table(profile, cfg)
     if beside:
         blocks[(f"<!-- beside{tag}:start -->", f"<!-- beside{tag}:end -->")] = beside
+    blocks[(f"<!-- per-seed{tag}:start -->", f"<!-- per-seed{tag}:end -->")] = per_seed_markdown(profile, cfg)
     return blocks
+
+
+def _em_cell(metrics: dict) -> str:
+    train = metrics.get("train_em")
+    return f"{metrics['test_em']:.3f}" + (f" ({train:.3f})" if train is not None else "")
+
+
+def per_seed_markdown(profile: str, cfg: dict) -> str:
+    """Every cell of the profile's grids: held-out EM (train-half EM) per seed, '—' where no record of the
+    current config exists yet, blank where the grid does not run that seed; CPT updates and gradient evaluations from the records. The status table of
+    a grid that fills over several sessions (docs/cpu-llm.md), written from the records, never by hand."""
+    from kl_utils.config.arms import grads_per_step, grid_cells
+    have = {(r["arm"], r["seed"]): r for r in claims.current_arm_records(profile, cfg)}
+    cells = {name: grid_cells(cfg, name) for name in cfg.get("grids") or {}}
+    seeds = sorted({seed for grid in cells.values() for _, seed in grid})
+    grid_of = {}  # each arm in the grid that runs it on the most seeds (baseline: main, not the lr sweep)
+    for name, grid in cells.items():
+        for arm, _ in grid:
+            n = sum(a == arm for a, _ in grid)
+            if arm not in grid_of or n > grid_of[arm][1]:
+                grid_of[arm] = (name, n)
+    grid_of = {arm: name for arm, (name, _) in sorted(grid_of.items(), key=lambda kv: list(cells).index(kv[1][0]))}
+    lines = ["| grid | arm | CPT updates | CPT gradients | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|---|" + "---|" * len(seeds)]
+    for arm, grid in grid_of.items():
+        recs = [have[(arm, s)] for s in seeds if (arm, s) in have]
+        steps = recs[0]["optimizer_steps"]["cpt"] if recs else None
+        grads = f"{steps * grads_per_step(recs[0]['config']['cpt']):.0f}" if recs else "—"
+        row = [_em_cell(have[(arm, s)]["metrics"]) if (arm, s) in have else ("—" if (arm, s) in cells[grid] else "")
+               for s in seeds]
+        lines.append(f"| {grid} | `{arm}` | {steps if steps is not None else '—'} | {grads} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def _num(x, digits=3):
@@ -253,6 +286,11 @@ def _block(start: str, body: str, end: str) -> str:
     return f"{start}\n{body}\n{end}"
 
 
+def block_files() -> list[Path]:
+    """The files that may hold generated blocks (readme_blocks): README.md and docs/*.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def update_readme(profile: str, cfg: dict, readme: Path = ROOT / "README.md") -> bool:
     """Replace README's blocks of the profile (readme_blocks: between their markers) with the report's tables."""
     text = new = readme.read_text()
@@ -267,13 +305,15 @@ def update_readme(profile: str, cfg: dict, readme: Path = ROOT / "README.md") ->
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=None)
-    ap.add_argument("--readme", action="store_true", help="also refresh README's blocks of the profile (headline, beside)")
+    ap.add_argument("--readme", action="store_true", help="also refresh the profile's generated blocks in README.md and docs/*.md")
     args = ap.parse_args(argv)
     profile, cfg = load_config(args.profile)
     claims.write(profile, cfg)
     print(f"wrote {write_report(profile, cfg)}")
     if args.readme:
-        print("README blocks of", profile, "updated" if update_readme(profile, cfg) else "unchanged")
+        for path in block_files():
+            if update_readme(profile, cfg, path):
+                print(f"{path.relative_to(ROOT)}: blocks of {profile} updated")
 
 
 def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> list[str]:

@@ -183,11 +183,11 @@ def dependents(profile: str, cfg: dict) -> dict[str, list[str]]:
 
 
 def refresh_dependents(profile: str, cfg: dict, *, results_root: Path, figures_root: Path,
-                       readme: Path | None = None, log=print) -> list[str]:
+                       docs: list[Path] = (), log=print) -> list[str]:
     """After the profile's notebooks redrew its own outputs, what else its records feed: every other
     pair's claims.csv (and REPORT.md where it has one), the REPORT.md of every profile that sets it
-    beside its own, and README's generated blocks of the profile and all of them (readme: None leaves
-    README alone).
+    beside its own, and the generated blocks (report.readme_blocks) of the profile and all of them in
+    the `docs` files (README.md, docs/*.md; none: leave them alone).
     Without this, a record added to one pair left the others' claims stale until someone ran
     `claims` by hand: exactly what the provenance test then failed on. Returns what changed."""
     from kl_utils.reporting import claims, report
@@ -207,10 +207,10 @@ def refresh_dependents(profile: str, cfg: dict, *, results_root: Path, figures_r
                 path = results_root / other / name
                 if path.exists() and path.read_bytes() != old:
                     changed.append(str(path.relative_to(results_root.parent)))
-        if readme is not None:
+        for path in docs:
             for name in [profile, *deps["pairs"], *deps["beside"]]:
-                if report.update_readme(name, load_config(name)[1], readme):
-                    changed.append(f"{readme.name} ({name} blocks)")
+                if report.update_readme(name, load_config(name)[1], path):
+                    changed.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({name} blocks)")
     for item in changed:
         log(f"refreshed {item}")
     return changed
@@ -218,7 +218,7 @@ def refresh_dependents(profile: str, cfg: dict, *, results_root: Path, figures_r
 
 def redraw(profile: str, *, results_root: Path, figures_root: Path, log=print) -> dict[str, int]:
     """Every notebook on the committed records with training switched off, then what else reads
-    those records (refresh_dependents; README only when the tree is the committed one)."""
+    those records (refresh_dependents; README's and docs' blocks only when the tree is the committed one)."""
     profile, cfg = load_config(profile)
     env = {"KL_RESULTS_ROOT": str(results_root), "KL_FIGURES_ROOT": str(figures_root), "KL_PROFILE": profile,
            "KL_NO_TRAIN": "1", **QUIET}
@@ -226,8 +226,9 @@ def redraw(profile: str, *, results_root: Path, figures_root: Path, log=print) -
         n = len(records.load_run_records(profile))
     t0 = time.time()
     times = run_notebooks(profile, results_root / profile / "scratch", env, log=log)
-    readme = ROOT / "README.md" if results_root == ROOT / "results" else None
-    refresh_dependents(profile, cfg, results_root=results_root, figures_root=figures_root, readme=readme, log=log)
+    from kl_utils.reporting.report import block_files
+    docs = block_files() if results_root == ROOT / "results" else []
+    refresh_dependents(profile, cfg, results_root=results_root, figures_root=figures_root, docs=docs, log=log)
     log(f"redrew the figures, tables, claims.csv and REPORT.md of {profile} from {n} committed run records "
         f"in {time.time() - t0:.0f} s, training nothing")
     return times
