@@ -321,7 +321,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
     timing = {}
     # stages continued from a checkpoint of an interrupted run: their timing covers only the rest
     resumed = sorted(f.stem for f in ckpt.glob("*.pt")) if ckpt.exists() else []
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     torch.set_num_threads(cfg.get("threads", torch.get_num_threads()))
     model, base_record = initial_model(profile, cfg, ds, tok, seed, log=log)
     timing["base_s"] = time.time() - t0
@@ -376,6 +376,9 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
              "n_cpt_documents": len(docs), "n_it_examples": len(it_encoded),
              "optimizer_steps": {k: len(h["step"]) for k, h in hist.items()},
              "timing": {k: round(v, 2) for k, v in timing.items()},
+             # CPU seconds of this process (all its threads): unlike the wall times, not inflated while the
+             # run waits (paused, or sharing a core); about the wall time for a 1-thread run on an idle core
+             "cpu_time_s": round(time.process_time() - cpu0, 1),
              "checkpoint": str(ckpt.relative_to(ckpt.parents[1])),
              "history": {k: _history_summary(h) for k, h in hist.items()},
              "predictions": per_question}
