@@ -49,3 +49,24 @@ def test_publish_strips_injected_parameters(tmp_path):
     publish(tmp_path / "scratch", tmp_path / "out")
     out = nbformat.read(tmp_path / "out" / "01_x.ipynb", as_version=4)
     assert [c.source for c in out.cells] == ["profile = None", "print(profile)"]
+
+
+def test_publishing_the_same_results_twice_gives_the_same_bytes(tmp_path):
+    """Per-cell timestamps and the run's paths and times are dropped: a redraw that changes no result
+    changes no committed notebook."""
+    def executed(start):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["papermill"] = {"parameters": {"profile": "cpu"}, "version": "2.7.0", "start_time": start,
+                                    "duration": 9.0, "input_path": "/somewhere/notebooks/01_x.ipynb"}
+        nb.cells = [nbformat.v4.new_code_cell("print(1)", id="print-one", metadata={
+            "execution": {"iopub.execute_input": start}, "papermill": {"start_time": start, "status": "completed"}, "tags": []})]
+        return nb
+    for i, start in enumerate(("2026-12-02T06:24:47Z", "2026-12-03T10:00:00Z")):
+        (tmp_path / f"s{i}").mkdir()
+        (tmp_path / f"o{i}").mkdir()
+        nbformat.write(executed(start), tmp_path / f"s{i}" / "01_x.ipynb")
+        publish(tmp_path / f"s{i}", tmp_path / f"o{i}")
+    first, second = ((tmp_path / f"o{i}" / "01_x.ipynb").read_bytes() for i in (0, 1))
+    assert first == second and b"2026-12" not in first and b"/somewhere" not in first
+    assert nbformat.read(tmp_path / "o0" / "01_x.ipynb", as_version=4).metadata["papermill"] == \
+        {"parameters": {"profile": "cpu"}, "version": "2.7.0"}

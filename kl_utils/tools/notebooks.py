@@ -4,7 +4,8 @@
 
 copies the executed notebooks over the committed ones, without papermill's injected-parameters
 cell (so a notebook opened in JupyterLab runs with its own defaults, and nbval keeps running
-the smoke profile through KL_PROFILE). Called only after every notebook of the cpu profile ran.
+the smoke profile through KL_PROFILE). Called only after every notebook of the cpu profile ran
+(`make reproduce PUBLISH=1`, `make figures`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ import nbformat
 
 
 def strip_injected(nb):
+    """Without papermill's injected-parameters cell, and without what changes on every execution and says
+    nothing about the results (per-cell timestamps and durations, the run's paths and times), so that
+    publishing the same results twice leaves the notebooks byte-identical."""
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
+    run = nb.metadata.get("papermill")
+    if run is not None:
+        nb.metadata["papermill"] = {k: run[k] for k in ("parameters", "version") if k in run}
     return nb
 
 

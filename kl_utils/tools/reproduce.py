@@ -14,7 +14,9 @@ started at another commit, starts over. The committed results change only with -
 refuses records made from uncommitted code unless --allow-dirty.
 
 Redraw: the notebooks run on the committed records with training switched off (KL_NO_TRAIN): every
-figure, table, claims.csv and REPORT.md is drawn again from them; nothing is trained.
+figure, table, claims.csv and REPORT.md is drawn again from them; nothing is trained. For cpu the
+executed notebooks replace the committed ones (their outputs are what a reader sees on opening them),
+and what else the records feed is refreshed (refresh_dependents).
 """
 from __future__ import annotations
 
@@ -226,6 +228,9 @@ def redraw(profile: str, *, results_root: Path, figures_root: Path, log=print) -
         n = len(records.load_run_records(profile))
     t0 = time.time()
     times = run_notebooks(profile, results_root / profile / "scratch", env, log=log)
+    if profile == "cpu" and results_root == ROOT / "results":  # the committed notebooks show the cpu profile
+        from kl_utils.tools.notebooks import publish as publish_notebooks
+        publish_notebooks(results_root / profile / "scratch", NOTEBOOKS_DIR)
     from kl_utils.reporting.report import block_files
     docs = block_files() if results_root == ROOT / "results" else []
     refresh_dependents(profile, cfg, results_root=results_root, figures_root=figures_root, docs=docs, log=log)
