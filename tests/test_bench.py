@@ -1,4 +1,5 @@
-"""kl_utils.tools.bench helpers at tiny size: the cpu-run breakdown and the figure table."""
+"""kl_utils.tools.bench helpers at tiny size: the cpu-run breakdown and the figure table (and
+kl_utils.tools.implementation_check's pairing by seed)."""
 import json
 
 from kl_utils.tools import bench
@@ -46,7 +47,7 @@ def test_first_batches_run_on_into_the_next_epoch():
 
 
 def test_implementation_check_pairs_arms_by_seed(tmp_path, monkeypatch):
-    from kl_utils.tools import bench
+    from kl_utils.tools.implementation_check import implementation_check
     monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
     for folder, ems in (("runs-v1", [0.10, 0.20, 0.30]), ("runs", [0.12, 0.21, 0.33])):
         (tmp_path / "cpu" / folder).mkdir(parents=True)
@@ -56,7 +57,7 @@ def test_implementation_check_pairs_arms_by_seed(tmp_path, monkeypatch):
         (tmp_path / "cpu" / folder / "probe-x.json").write_text(json.dumps({"kind": "probe_arm", "metrics": {}}))
     (tmp_path / "cpu" / "runs" / "sam-s0-y.json").write_text(json.dumps(
         {"kind": "arm", "arm": "sam", "seed": 0, "metrics": {"test_em": 0.5}}))  # no previous record
-    rows = bench.implementation_check(("cpu", "runs-v1"), ("cpu", "runs"), verbose=False)
+    rows = implementation_check(("cpu", "runs-v1"), ("cpu", "runs"), verbose=False)
     assert set(rows) == {"baseline"}
     d = rows["baseline"]["current_minus_previous"]
     assert d["n"] == 3 and abs(d["mean"] - 0.02) < 1e-9 and d["low"] < d["mean"] < d["high"]

@@ -7,11 +7,13 @@ are what survives a change of machine. Methods alternate within each repeat; med
 Figures: SAM / AdamW update time (kl_utils.tools.bench_sam); training throughput (labelled tokens/s)
 of our loop in each variant (VARIANTS: batching mode, labelled-only logits, fused AdamW) vs the
 Hugging Face `Trainer` (same model, data, batch size, schedule and steps); batched QA evaluation vs a per-example `generate` loop (same answers
-asserted); CPU threading (threads, two 1-thread processes, torch.compile, DataLoader workers);
+asserted); CPU threading (threads, two 1-thread processes, torch.compile, DataLoader workers:
+kl_utils.tools.bench_threads);
 end to end (`make reproduce PROFILE=smoke`, `make test`: only with --end-to-end; the cpu
 reproduce time is read from results/cpu/timing.json); where the time goes in the cpu run; the
 cpu profile's held-out EM per arm with its fast implementation vs the records made before it
-(results/cpu/runs-v1), paired by seed (`--implementation-check` prints only that).
+(results/cpu/runs-v1), paired by seed (kl_utils.tools.implementation_check; `--implementation-check`
+prints only that).
 `--packing-check` trains CPT + IT on the cpu data from the cached base model with each batching
 mode for 2 seeds (shortened schedule) and prints held-out QA: does batching change what is learned?
 """
@@ -30,8 +32,10 @@ import torch
 
 from kl_utils.tools.bench_trainer import first_batches, hf_trainer_run, labelled_tokens
 from kl_utils.data import dataset as data
-from kl_utils.training import batching, evaluate
+from kl_utils.training import evaluate
 from kl_utils.tools import bench_sam
+from kl_utils.tools.bench_threads import threads_bench
+from kl_utils.tools.implementation_check import implementation_checks
 from kl_utils.training import train as train_mod
 from kl_utils.config.arms import IMPLEMENTATION_DEFAULTS
 from kl_utils.core.paths import ROOT, results_dir
@@ -157,102 +161,6 @@ def eval_speed(model, tok, qa: list[dict], *, max_new_tokens=12, batch_size=256,
             "eval_same_answers_frac": same / len(qa), "eval_n_questions": len(qa)}
 
 
-# ---------------------------------------------------------------- CPU threading
-def _step_rate(model, batches, n_rounds=1) -> float:
-    """Labelled tokens/s of forward+backward over the batches."""
-    t0 = time.perf_counter()
-    for _ in range(n_rounds):
-        for b in batches:
-            model(**b).loss.backward()
-    return n_rounds * sum(labelled_tokens(b) for b in batches) / (time.perf_counter() - t0)
-
-
-def threads_bench(cfg, tok, examples, *, repeats=3, compile_timeout=None, verbose=True) -> dict:
-    from kl_utils.training.model import build_model
-    pad = tok.pad_token_id
-    batches = batching.make_batches(examples, 32, pad, 0, 1, "bucket")[:6]
-    model = build_model(cfg["model"], tok, seed=0).train()
-    before = torch.get_num_threads()
-    rates = {1: [], 2: []}
-    _step_rate(model, batches[:2])
-    for _ in range(repeats):
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            rates[t].append(_step_rate(model, batches))
-    torch.set_num_threads(before)
-    out = {f"threads_{t}_tokens_per_s": statistics.median(v) for t, v in rates.items()}
-    out["threads_2_over_1"] = out["threads_2_tokens_per_s"] / out["threads_1_tokens_per_s"]
-    # Two 1-thread processes side by side vs one 2-thread process (fixed work, timed inside).
-    work = [sys.executable, "-m", "kl_utils.tools.bench", "--worker"]
-    one = _run_workers([work + ["2"]])
-    two = _run_workers([work + ["1"], work + ["1"]])
-    out["two_1thread_procs_over_one_2thread"] = sum(two) / sum(one)
-    out.update(compile_bench(compile_timeout) if compile_timeout else {"compile": "not run (--compile)"})
-    out.update(workers_bench(cfg, tok, examples))
-    if verbose:
-        print(f"  threads: 2 vs 1 in one process x{out['threads_2_over_1']:.2f}; two 1-thread processes vs one "
-              f"2-thread process x{out['two_1thread_procs_over_one_2thread']:.2f} (total tokens/s)")
-        print(f"  torch.compile: {out['compile']}; DataLoader workers 1 vs 0: x{out['workers_1_over_0']:.2f}")
-    return out
-
-
-def _run_workers(cmds) -> list[float]:
-    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for c in cmds]
-    return [json.loads(p.communicate()[0].strip().splitlines()[-1])["tokens_per_s"] for p in procs]
-
-
-def _worker(threads: int, seconds: float = 8.0) -> None:
-    """Subprocess: fwd+bwd on a fixed batch of the cpu-sized model for `seconds` (after warm-up)."""
-    torch.set_num_threads(threads)
-    model = bench_sam.build_model().train()
-    ids = torch.randint(0, 1200, (32, 64), generator=torch.Generator().manual_seed(0))
-    model(input_ids=ids, labels=ids).loss.backward()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        model(input_ids=ids, labels=ids).loss.backward()
-        n += 1
-    print(json.dumps({"tokens_per_s": n * ids.numel() / (time.perf_counter() - t0)}))
-
-
-def compile_bench(timeout: float) -> dict:
-    """torch.compile of the cpu-sized model (fixed shape) in a subprocess, time-limited."""
-    code = ("import json,time,torch; from kl_utils.tools.bench_sam import build_model\n"
-            "m=build_model().train(); ids=torch.randint(0,1200,(32,64))\n"
-            "def rate(f,n=8):\n t=time.perf_counter()\n for _ in range(n): f(input_ids=ids,labels=ids).loss.backward()\n"
-            " return (time.perf_counter()-t)/n\n"
-            "rate(m,2); eager=rate(m); c=torch.compile(m); t=time.perf_counter(); c(input_ids=ids,labels=ids).loss.backward()\n"
-            "warm=time.perf_counter()-t; rate(c,2); comp=rate(c); eager2=rate(m)\n"
-            "print(json.dumps({'eager_s':(eager+eager2)/2,'compiled_s':comp,'warmup_s':warm}))")
-    try:
-        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        r = json.loads(res.stdout.strip().splitlines()[-1])
-    except subprocess.TimeoutExpired:
-        return {"compile": f"warm-up longer than {timeout} s: not used"}
-    except (json.JSONDecodeError, IndexError):
-        return {"compile": "failed: " + (res.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    speed = r["eager_s"] / r["compiled_s"]
-    return {"compile_speedup": speed, "compile_warmup_s": r["warmup_s"],
-            "compile": f"x{speed:.2f} per step after {r['warmup_s']:.0f} s warm-up (fixed shapes; "
-                       "every new batch shape recompiles)"}
-
-
-def workers_bench(cfg, tok, examples, repeats=3) -> dict:
-    """One epoch-slice of fwd+bwd fed by a DataLoader with 0 vs 1 worker processes."""
-    from torch.utils.data import DataLoader
-    from kl_utils.training.model import build_model
-    model = build_model(cfg["model"], tok, seed=0).train()
-    subset = examples[:32 * 6]
-    collate = partial(batching.pad_collate, pad_id=tok.pad_token_id)
-    t = {0: [], 1: []}
-    for _ in range(repeats):
-        for w in (0, 1):
-            t0 = time.perf_counter()
-            for b in DataLoader(subset, batch_size=32, collate_fn=collate, num_workers=w):
-                model(**b).loss.backward()
-            t[w].append(time.perf_counter() - t0)
-    return {"workers_1_over_0": statistics.median(t[0]) / statistics.median(t[1])}
-
-
 # ---------------------------------------------------------------- end to end and the cpu run
 def end_to_end() -> dict:
     out = {}
@@ -309,62 +217,6 @@ def packing_check(modes=("pad", "fast", "bucket"), seeds=(0, 1), cpt_epochs=None
     return out
 
 
-# ---------------------------------------------------------------- does the fast implementation change results?
-# Two comparisons, each against the cpu records made before the switch to VARIANTS["fast"]
-# (results/cpu/runs-v1: padded batches, logits everywhere, foreach AdamW, in every stage):
-# - "CPT + IT only": profiles/cpu-impl.yaml trains the cpu arms with the fast implementation from
-#   that old base model, so a pair differs only in how CPT and IT compute their updates;
-# - "whole pipeline": the current cpu records, whose base model was trained with it too.
-IMPLEMENTATION_CHECKS = {"CPT + IT only (same base model)": ("cpu", "runs-v1", "cpu-impl", "runs"),
-                         "whole pipeline (its own base model)": ("cpu", "runs-v1", "cpu", "runs")}
-
-
-def _em_by_arm_seed(profile: str, folder: str, metric: str) -> dict:
-    """{arm: {seed: metric}} of the arm records in results/<profile>/<folder>, plus the base model's
-    held-out base QA."""
-    from kl_utils.core.records import load_run_records
-    from kl_utils.analysis.summary import by_arm
-    recs = load_run_records(profile, folder=folder)
-    out = by_arm([r for r in recs if r.get("kind") == "arm"], metric)
-    base = {r["seed"]: r["metrics"]["base_heldout_qa_em"] for r in recs if r.get("kind") == "base"}
-    return {**out, **({"base model (held-out base QA)": base} if base else {})}
-
-
-def implementation_check(previous: tuple[str, str] = ("cpu", "runs-v1"), current: tuple[str, str] = ("cpu", "runs"),
-                         metric: str = "test_em", verbose: bool = True) -> dict:
-    """Held-out EM of every arm (and of the base model) in two record folders, given as (profile,
-    folder under results/<profile>), paired by seed: same data, initialisation and batch order, so
-    a pair differs only in what the two folders' configs compute differently (here: float rounding,
-    which training amplifies into a different run). Differences whose CI contains 0 are seed noise."""
-    from kl_utils.analysis.stats import mean_ci, paired_diff_ci
-    old, new = _em_by_arm_seed(*previous, metric), _em_by_arm_seed(*current, metric)
-    rows = {}
-    for arm in sorted(set(old) & set(new)):
-        seeds = set(old[arm]) & set(new[arm])
-        if not seeds:
-            continue
-        rows[arm] = {"previous": mean_ci([old[arm][s] for s in seeds]), "current": mean_ci([new[arm][s] for s in seeds]),
-                     "current_minus_previous": paired_diff_ci(old[arm], new[arm])}
-    if verbose:
-        if not rows:
-            print(f"  no arm has records of the same seed in results/{'/'.join(previous)} and results/{'/'.join(current)}")
-        for arm, r in rows.items():
-            d = r["current_minus_previous"]
-            ci = "" if d["n"] < 2 else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
-            print(f"    {arm:<32} previous {r['previous']['mean']:.3f}  current {r['current']['mean']:.3f}  "
-                  f"{d['mean']:+.3f}{ci} ({d['n']} seeds)")
-    return rows
-
-
-def implementation_checks(verbose: bool = True) -> dict:
-    out = {}
-    for name, (p0, f0, p1, f1) in IMPLEMENTATION_CHECKS.items():
-        if verbose:
-            print(f"  {name}: results/{p0}/{f0} -> results/{p1}/{f1} (held-out EM, current - previous, paired by seed)")
-        out[name] = implementation_check((p0, f0), (p1, f1), verbose=verbose)
-    return out
-
-
 # ---------------------------------------------------------------- main
 def _print_table(figures: dict) -> None:
     print(f"\n{'figure':<40}{'value':>12}{'target':>10}  verdict")
@@ -389,10 +241,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--packing-check", action="store_true", help="held-out QA per batching mode (~10+ min)")
     ap.add_argument("--implementation-check", action="store_true",
                     help="only print the held-out EM of the fast vs the previous implementation (reads records)")
-    ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker is not None:
-        return _worker(args.worker)
     if args.implementation_check:
         return implementation_checks()
     t0 = time.time()
