@@ -133,8 +133,12 @@ def test_across_figure_draws_the_pooled_estimate_under_the_pairs():
                             "re_ci_low": "0.4", "re_ci_high": "0.6"}])
     fig = figures.across_figure(long, pooled=pooled)
     ax = fig.axes[0]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = fig.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
     assert labels[-1].startswith("pooled over pairs") and len(labels) == 3
+    fig.canvas.draw()  # the legend sits under everything the axes draw (ticks and x label included)
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 <= ax.get_tightbbox(renderer).y0
     diamond = [ln for ln in ax.lines if ln.get_marker() == "D"]
     assert len(diamond) == 1 and list(diamond[0].get_xdata()) == [pytest.approx(0.03)]
     plt.close(fig)

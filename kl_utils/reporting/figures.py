@@ -2,6 +2,8 @@
 Every figure: one seaborn style (kl_utils.reporting.plots), colour-blind palette, 95% CIs over seeds."""
 from __future__ import annotations
 
+import math
+
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -293,8 +295,12 @@ def across_figure(long: pd.DataFrame, pooled: pd.DataFrame | None = None,
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
     ax.set(xlabel="held-out EM difference b - a (95% CI)", title=title)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.3, -0.6 / len(order) - 0.06), ncol=2, fontsize=8)
-    fig.tight_layout()
+    # the legend in a strip of its own under the axes, sized in inches (rows of 8-point text), whatever the
+    # number of comparisons: it never covers a marker or the x label
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    strip_in = 0.2 * math.ceil(len(labels) / 2) + 0.1
+    fig.tight_layout(rect=(0, strip_in / fig.get_figheight(), 1, 1))
     return fig
 
 
