@@ -29,7 +29,9 @@ def test_notebook_is_thin_and_clean(path):
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells), \
         "committed notebooks must not carry papermill's injected parameters (nbval would run that profile)"
     assert nb.metadata["kernelspec"]["name"] == "kl-study"
+    assert set(nb.metadata.get("papermill", {})) <= {"parameters", "version"}, "run paths and times committed"
     for cell in nb.cells:
+        assert not {"execution", "papermill"} & set(cell.metadata), "per-cell timestamps committed (tools.notebooks.publish)"
         if cell.cell_type == "code":
             assert not any(o.get("output_type") == "error" for o in cell.get("outputs", [])), "error output committed"
             assert len(cell.source.splitlines()) <= MAX_CELL_LINES, "logic belongs in kl_utils, not in a long notebook cell"
