@@ -59,7 +59,9 @@ def main(argv=None) -> int:
         if code:
             return code
     run = importlib.import_module(module).main
-    argv0, sys.argv[0] = sys.argv[0], f"python -m kl_utils {args.verb}"  # argparse's prog in usage lines and errors
+    # argparse's prog in usage lines and errors (a module with subcommands, gpu-check, adds the verb itself)
+    subcommand = before and not before[0].startswith("-")
+    argv0, sys.argv[0] = sys.argv[0], "python -m kl_utils" + ("" if subcommand else f" {args.verb}")
     try:  # kl_utils.data.documents reads no profile and has its own one-line errors and --debug
         return run(rest) if args.verb == "documents" else entry(run, rest)
     except SystemExit as stop:  # argparse in the module (--help, a usage error)

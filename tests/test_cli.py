@@ -150,6 +150,9 @@ def test_a_bad_document_file_named_by_a_profile_is_one_line(tmp_path, monkeypatc
     (["claims", "--across", "nope", "smoke"], "unknown profile 'nope'"),
     (["figures", "--profile", "smoke", "--fresh"], "python -m kl_utils figures: error: --fresh, --publish and --allow-dirty are options of reproduce"),
     (["collect", "--profile", "smoke"], "python -m kl_utils collect: error: the following arguments are required: --from"),
+    (["run", "--profile", "smoke", "--arms", "baseline", "--seeds", "-1"], "argument --seeds: expected a whole number >= 0, got '-1'"),
+    (["bench", "--steps", "0"], "python -m kl_utils bench: error: argument --steps: expected a whole number >= 1, got '0'"),
+    (["gpu-check", "--profile", "paper", "--steps", "0"], "python -m kl_utils gpu-check: error: argument --steps"),
 ])
 def test_bad_options_end_in_one_line_naming_the_verb(argv, message, capsys, monkeypatch):
     """Found by trying them: --workers 0 silently meant the profile's default, --across with an unknown
@@ -169,3 +172,18 @@ def test_claims_across_a_profile_without_claims(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
     assert cli.main(["claims", "--across", "smoke", "cpu"]) == 2
     assert f"{tmp_path / 'smoke' / 'claims.csv'} does not exist (python -m kl_utils claims --profile smoke)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["gpu-check", "--profile", "smoke"], "gpu-check needs a profile with model.pretrained"),
+    (["claims", "--profile", "cpu-rich"], "no run records of cpu-rich (train them first"),
+    (["report", "--profile", "cpu-rich"], "no run records of cpu-rich (train them first"),
+])
+def test_a_verb_that_cannot_run_on_a_profile_says_why_and_writes_nothing(argv, message, capsys, tmp_path, monkeypatch):
+    """Found by trying them: gpu-check on a from-scratch profile ended in a ValueError traceback; claims and
+    report on a profile without records wrote an empty claims.csv and REPORT.md."""
+    monkeypatch.setenv("KL_RESULTS_ROOT", str(tmp_path))
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.csv")) and not list(tmp_path.rglob("*.md"))

@@ -31,3 +31,24 @@ def entry(main, argv=None) -> int:
         print(err, file=sys.stderr)
         return getattr(err, "exit_code", 1)
     return out if isinstance(out, int) else 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (steps, workers, threads); a usage error naming the value otherwise."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (seeds)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+    return value

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from kl_utils.core import records
 from kl_utils.config.arms import CONTROL_GRIDS, arm_spec, control_cells, current_arm_records, grid_cells, run_key, runs_by_key  # noqa: F401
 from kl_utils.config.profiles import load_config
+from kl_utils.core.command import non_negative_int, positive_int
 from kl_utils.core.paths import environ
 from kl_utils.core.parent_watch import die_with_parent
 from kl_utils.config.schema import default
@@ -143,19 +144,13 @@ def cell_records(profile: str, cfg: dict, cells: list[tuple[str, int]]) -> tuple
     return [have[c] for c in cells if c in have], [c for c in cells if c not in have]
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Run a grid of arms x seeds of the knowledge-learning protocol.")
     ap.add_argument("--profile", default=None, help="profile name (default: KL_PROFILE or cpu)")
     ap.add_argument("--grid", default=None, help="a named grid of the profile (grids:); default: all of them")
     ap.add_argument("--arms", nargs="+", default=None, help="instead of --grid: these arms ...")
-    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="... with these seeds (default: the profile's)")
-    ap.add_argument("--workers", type=_positive, default=None, help="parallel 1-thread processes (default: profile's)")
+    ap.add_argument("--seeds", nargs="+", type=non_negative_int, default=None, help="... with these seeds (default: the profile's)")
+    ap.add_argument("--workers", type=positive_int, default=None, help="parallel 1-thread processes (default: profile's)")
     args = ap.parse_args(argv)
     profile, cfg = load_config(args.profile)
     try:

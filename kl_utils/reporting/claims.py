@@ -319,8 +319,18 @@ def main(argv=None) -> None:
                     print(f"    {p:<14}{r[p] or '-'}")
         return
     profile, cfg = load_config(args.profile)
+    require_records(profile)
     path = write(profile, cfg)
     print(path.read_text())
+
+
+def require_records(profile: str) -> None:
+    """A one-line error, before anything is written, for a profile with no run records here."""
+    from kl_utils.core.command import UserError
+    from kl_utils.core.paths import runs_dir
+    if not records.load_run_records(profile):
+        raise UserError(f"{runs_dir(profile)}: no run records of {profile} (train them first: "
+                        f"python -m kl_utils run --profile {profile}), so no claims to write")
 
 
 if __name__ == "__main__":

@@ -308,6 +308,7 @@ def main(argv=None) -> None:
     ap.add_argument("--readme", action="store_true", help="also refresh the profile's generated blocks in README.md and docs/*.md")
     args = ap.parse_args(argv)
     profile, cfg = load_config(args.profile)
+    claims.require_records(profile)
     claims.write(profile, cfg)
     print(f"wrote {write_report(profile, cfg)}")
     if args.readme:

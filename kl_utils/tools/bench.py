@@ -30,6 +30,7 @@ from functools import partial
 
 import torch
 
+from kl_utils.core.command import positive_int
 from kl_utils.tools.bench_trainer import first_batches, hf_trainer_run, labelled_tokens
 from kl_utils.data import dataset as data
 from kl_utils.training import evaluate
@@ -232,9 +233,9 @@ def _print_table(figures: dict) -> None:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=48, help="timed SAM/AdamW updates per method")
-    ap.add_argument("--train-steps", type=int, default=TRAIN_STEPS, help="updates per training-throughput run")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
+    ap.add_argument("--steps", type=positive_int, default=48, help="timed SAM/AdamW updates per method")
+    ap.add_argument("--train-steps", type=positive_int, default=TRAIN_STEPS, help="updates per training-throughput run")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (1: steadiest on a shared machine)")
     ap.add_argument("--end-to-end", action="store_true", help="also time make reproduce PROFILE=smoke and make test")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (about 2-3 minutes)")
     ap.add_argument("--llm", action="store_true", help="also the cpu-llm figures on SmolLM2 (kl_utils.tools.bench_llm, ~12 min)")

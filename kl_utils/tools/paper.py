@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from kl_utils.core.command import UserError, positive_int
+
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12,
               "RTX 4090": 165e12, "A10": 125e12}
@@ -136,7 +138,7 @@ def gpu_check(cfg: dict, steps: int = 200, seq_len: int = 512, log=print) -> dic
         def __len__(self):
             return self.n
     if not cfg["model"].get("pretrained"):
-        raise ValueError("gpu-check needs a profile with model.pretrained (e.g. paper)")
+        raise UserError("gpu-check needs a profile with model.pretrained (e.g. paper); this one trains its model from scratch")
     shape = model_shape(cfg["model"])
     model, _ = experiment.initial_model("gpu-check", cfg, None, _Vocab(shape["vocab"]), seed=0, log=log)
     gen = torch.Generator().manual_seed(0)
@@ -189,12 +191,12 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("plan", help="tokens, steps, memory and time of one arm (builds the data cache)")
     p.add_argument("--arm", default="baseline")
-    p.add_argument("--gpus", type=int, default=max(1, torch.cuda.device_count()))
+    p.add_argument("--gpus", type=positive_int, default=max(1, torch.cuda.device_count()))
     p.add_argument("--gpu", default=None, help="GPU name for the peak FLOP/s (default: this machine's)")
     p.add_argument("--sharded", action="store_true", help="FSDP: optimizer state sharded over the GPUs")
     g = sub.add_parser("gpu-check", help="throughput, MFU and peak memory of the profile's CPT update")
-    g.add_argument("--steps", type=int, default=200)
-    g.add_argument("--seq-len", type=int, default=512)
+    g.add_argument("--steps", type=positive_int, default=200)
+    g.add_argument("--seq-len", type=positive_int, default=512)
     for q in (p, g):
         q.add_argument("--profile", default=None)
     args = ap.parse_args(argv)
