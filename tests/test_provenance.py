@@ -13,7 +13,7 @@ ROOT = paths.ROOT
 
 @pytest.mark.skipif(not (ROOT / "results" / "cpu" / "claims.csv").exists(), reason="no committed cpu results")
 def test_committed_cpu_results_have_records_behind_them():
-    problems = report.provenance_problems("cpu", read_profile("cpu"), readme=ROOT / "README.md")
+    problems = report.provenance_problems("cpu", read_profile("cpu"), doc=ROOT / "README.md")
     assert not problems, "\n".join(problems)
 
 
@@ -21,7 +21,7 @@ def test_committed_cpu_results_have_records_behind_them():
 def test_committed_controls_have_records_behind_them():
     """The controls notebook draws from cpu-full's records (the cpu report quotes them; README quotes its
     near-convergence rows)."""
-    problems = report.provenance_problems("cpu-full", read_profile("cpu-full"), readme=ROOT / "README.md")
+    problems = report.provenance_problems("cpu-full", read_profile("cpu-full"), doc=ROOT / "README.md")
     assert not problems, "\n".join(problems)
 
 
@@ -66,12 +66,12 @@ def test_provenance_check_catches_missing_and_stale_records(monkeypatch, tmp_pat
 
 
 @pytest.mark.skipif(not (ROOT / "results" / "cpu-llm" / "claims.csv").exists(), reason="no committed cpu-llm results")
-def test_committed_cpu_llm_results_and_readme_blocks_have_records_behind_them():
-    problems = report.provenance_problems("cpu-llm", read_profile("cpu-llm"), readme=ROOT / "README.md")
+def test_committed_cpu_llm_results_and_doc_blocks_have_records_behind_them():
+    problems = report.provenance_problems("cpu-llm", read_profile("cpu-llm"), doc=ROOT / "README.md")
     assert not problems, "\n".join(problems)
     # docs/cpu-llm.md's status table of every grid cell (per-seed block) is written from the records too
     assert "<!-- per-seed cpu-llm:start -->" in (ROOT / "docs" / "cpu-llm.md").read_text()
-    problems = report.provenance_problems("cpu-llm", read_profile("cpu-llm"), readme=ROOT / "docs" / "cpu-llm.md")
+    problems = report.provenance_problems("cpu-llm", read_profile("cpu-llm"), doc=ROOT / "docs" / "cpu-llm.md")
     assert not problems, "\n".join(problems)
 
 
@@ -90,9 +90,9 @@ def test_per_seed_block_shows_every_grid_cell(monkeypatch, tmp_path):
     assert rows["`sam_rho0.1`"] == "| sweep | `sam_rho0.1` | — | — | — |  |"
 
 
-def test_readme_blocks_of_a_profile_are_refreshed_and_checked(monkeypatch, tmp_path):
+def test_doc_blocks_of_a_profile_are_refreshed_and_checked(monkeypatch, tmp_path):
     """A profile's README blocks (headline, and beside the profiles of `beside:`) sit between markers
-    naming it; `report --readme` rewrites only those, and a stale block is a provenance problem."""
+    naming it; `report --blocks` rewrites only those, and a stale block is a provenance problem."""
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     monkeypatch.delenv("KL_RESULTS_ROOT", raising=False)
     cfg = read_profile("smoke")
@@ -106,12 +106,12 @@ def test_readme_blocks_of_a_profile_are_refreshed_and_checked(monkeypatch, tmp_p
     readme.write_text("intro\n<!-- headline:start -->\ncpu's, untouched\n<!-- headline:end -->\n"
                       "<!-- headline toy:start -->\n<!-- headline toy:end -->\nmiddle\n"
                       "<!-- beside toy:start -->\n<!-- beside toy:end -->\nend\n")
-    assert any("block <!-- headline toy:start --> differs" in p for p in report.provenance_problems("toy", cfg, readme=readme))
-    assert report.update_readme("toy", cfg, readme) and not report.update_readme("toy", cfg, readme)
+    assert any("block <!-- headline toy:start --> differs" in p for p in report.provenance_problems("toy", cfg, doc=readme))
+    assert report.update_blocks("toy", cfg, readme) and not report.update_blocks("toy", cfg, readme)
     text = readme.read_text()
     assert "cpu's, untouched" in text and text.startswith("intro\n") and text.endswith("end\n")
     assert "| + SAM | 0.150 ± " in text and "| `toy` | `other` | same verdict |" in text
-    assert report.provenance_problems("toy", cfg, readme=readme) == []
+    assert report.provenance_problems("toy", cfg, doc=readme) == []
 
 
 def test_a_figure_across_pairs_may_name_the_records_of_the_other_pairs(monkeypatch, tmp_path):

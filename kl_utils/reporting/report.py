@@ -2,7 +2,7 @@
 environment and how to reproduce — written from run records only (notebook 07, and again by
 `make reproduce` once the end-to-end wall time is known).
 
-    python -m kl_utils report --profile cpu [--readme]   # --readme: refresh README's headline block
+    python -m kl_utils report --profile cpu [--blocks]   # --blocks: refresh the generated blocks in README.md and docs/*.md
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ PAPER = {
 }
 
 
-def readme_blocks(profile: str, cfg: dict) -> dict[tuple[str, str], str]:
-    """README's generated blocks of a profile, {(start marker, end marker): markdown}: the headline
+def doc_blocks(profile: str, cfg: dict) -> dict[tuple[str, str], str]:
+    """The generated blocks of a profile (README.md, docs/*.md), {(start marker, end marker): markdown}: the headline
     table (`cpu`: the unnamed markers; any other profile: markers naming it), the verdicts of its
     headline family and of its near-convergence rows (from claims.csv), and, for a profile with
     `beside:`, its claims next to the other profiles'. A block is written only where README has its markers."""
@@ -287,37 +287,40 @@ def _block(start: str, body: str, end: str) -> str:
 
 
 def block_files() -> list[Path]:
-    """The files that may hold generated blocks (readme_blocks): README.md and docs/*.md."""
+    """The files that may hold generated blocks (doc_blocks): README.md and docs/*.md."""
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def update_readme(profile: str, cfg: dict, readme: Path = ROOT / "README.md") -> bool:
-    """Replace README's blocks of the profile (readme_blocks: between their markers) with the report's tables."""
-    text = new = readme.read_text()
-    for (start, end), body in readme_blocks(profile, cfg).items():
+def update_blocks(profile: str, cfg: dict, doc: Path = ROOT / "README.md") -> bool:
+    """Replace the profile's generated blocks in `doc` (doc_blocks: between their markers) with the
+    report's tables. Returns whether the file changed."""
+    text = new = doc.read_text()
+    for (start, end), body in doc_blocks(profile, cfg).items():
         block = _block(start, body, end)
         new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, new, flags=re.S)
     if new != text:
-        records.atomic_write_text(readme, new)
+        records.atomic_write_text(doc, new)
     return new != text
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=None)
-    ap.add_argument("--readme", action="store_true", help="also refresh the profile's generated blocks in README.md and docs/*.md")
+    # --readme: the flag's earlier name, kept so that old notes still work
+    ap.add_argument("--blocks", "--readme", dest="blocks", action="store_true",
+                    help="also refresh the profile's generated blocks in README.md and docs/*.md")
     args = ap.parse_args(argv)
     profile, cfg = load_config(args.profile)
     claims.require_records(profile)
     claims.write(profile, cfg)
     print(f"wrote {write_report(profile, cfg)}")
-    if args.readme:
+    if args.blocks:
         for path in block_files():
-            if update_readme(profile, cfg, path):
+            if update_blocks(profile, cfg, path):
                 print(f"{path.relative_to(ROOT)}: blocks of {profile} updated")
 
 
-def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> list[str]:
+def provenance_problems(profile: str, cfg: dict, doc: Path | None = None) -> list[str]:
     """Everything a reader sees must have run records behind it, of the profile's current config:
     claims.csv equal to its rebuild from the records, every run id a table row or a figure names
     present in results/<profile>/runs (or, for figures across pairs, in a `pairs:` profile's), every
@@ -358,12 +361,12 @@ def provenance_problems(profile: str, cfg: dict, readme: Path | None = None) -> 
                 problems.append(f"{where}: run record {run_id} does not exist")
             elif rec.get("kind") == "arm" and not is_current(rec, config_of[run_id]):
                 problems.append(f"{where}: run record {run_id} does not match the profile's current config of arm {rec['arm']!r}")
-    if readme is not None:
-        text = readme.read_text()
-        for (start, end), body in readme_blocks(profile, cfg).items():
+    if doc is not None:
+        text = doc.read_text()
+        for (start, end), body in doc_blocks(profile, cfg).items():
             if start in text and _block(start, body, end) not in text:
-                problems.append(f"{readme.name}'s block {start} differs from the {profile} report "
-                                f"(python -m kl_utils report --profile {profile} --readme)")
+                problems.append(f"{doc.name}'s block {start} differs from the {profile} report "
+                                f"(python -m kl_utils report --profile {profile} --blocks)")
     return problems
 
 

@@ -188,7 +188,7 @@ def refresh_dependents(profile: str, cfg: dict, *, results_root: Path, figures_r
                        docs: list[Path] = (), log=print) -> list[str]:
     """After the profile's notebooks redrew its own outputs, what else its records feed: every other
     pair's claims.csv (and REPORT.md where it has one), the REPORT.md of every profile that sets it
-    beside its own, and the generated blocks (report.readme_blocks) of the profile and all of them in
+    beside its own, and the generated blocks (report.doc_blocks) of the profile and all of them in
     the `docs` files (README.md, docs/*.md; none: leave them alone).
     Without this, a record added to one pair left the others' claims stale until someone ran
     `claims` by hand: exactly what the provenance test then failed on. Returns what changed."""
@@ -211,7 +211,7 @@ def refresh_dependents(profile: str, cfg: dict, *, results_root: Path, figures_r
                     changed.append(str(path.relative_to(results_root.parent)))
         for path in docs:
             for name in [profile, *deps["pairs"], *deps["beside"]]:
-                if report.update_readme(name, load_config(name)[1], path):
+                if report.update_blocks(name, load_config(name)[1], path):
                     changed.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({name} blocks)")
     for item in changed:
         log(f"refreshed {item}")
