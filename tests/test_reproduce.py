@@ -135,3 +135,15 @@ def test_report_beside_another_profile(tmp_path, monkeypatch):
            "-0.100 [-0.150, -0.050] contradicted (n=3) | no |" in text
     assert "SAM vs AdamW" not in text  # only rows both profiles have
     assert report.beside_markdown("a", {"beside": ["missing"]}) == ""
+
+
+def test_notebooks_are_published_only_for_cpu_into_the_committed_results(tmp_path, monkeypatch):
+    """One rule for both callers (reproduce --publish, figures): the committed notebooks show cpu, and
+    only a run that writes the committed results replaces them."""
+    written = []
+    monkeypatch.setattr("kl_utils.tools.notebooks.publish", lambda src, dst: written.append((src, dst)) or [])
+    assert reproduce.publish_notebooks("cpu-llm", tmp_path, reproduce.ROOT / "results") == []
+    assert reproduce.publish_notebooks("cpu", tmp_path, tmp_path / "results") == []
+    assert written == []
+    reproduce.publish_notebooks("cpu", tmp_path, reproduce.ROOT / "results")
+    assert written == [(tmp_path, reproduce.NOTEBOOKS_DIR)]

@@ -115,6 +115,19 @@ def prepare_tree(profile: str, cfg: dict, tree: Path, committed: Path, fresh: bo
     return state
 
 
+def publish_notebooks(profile: str, executed: Path, results_root: Path, log=print) -> list[Path]:
+    """The executed notebooks over the committed ones in notebooks/ (tools.notebooks.publish: without
+    papermill's injected cell and per-run metadata) — only for cpu, the profile the committed notebooks
+    show, and only when the results written are the committed ones."""
+    if profile != "cpu" or results_root != ROOT / "results":
+        return []
+    from kl_utils.tools import notebooks
+    written = notebooks.publish(executed, NOTEBOOKS_DIR)
+    for path in written:
+        log(f"published {path.relative_to(ROOT)}")
+    return written
+
+
 def publish(profile: str, cfg: dict, tree: Path, results_root: Path, figures_root: Path, allow_dirty: bool,
             log=print) -> None:
     """Copy the reproduction's records, claims, report, timing and figures over the committed ones
@@ -133,10 +146,7 @@ def publish(profile: str, cfg: dict, tree: Path, results_root: Path, figures_roo
             shutil.copy2(src / name, results_root / profile / name)
     for fig_profile in {profile, *read_profiles(cfg)}:
         _copy_tree(tree / "figures" / fig_profile, figures_root / fig_profile)
-    if profile == "cpu" and results_root == ROOT / "results":
-        from kl_utils.tools.notebooks import publish as publish_notebooks
-        for path in publish_notebooks(tree / "notebooks", NOTEBOOKS_DIR):
-            log(f"published {path.relative_to(ROOT)}")
+    publish_notebooks(profile, tree / "notebooks", results_root, log=log)
     log(f"published the reproduction of {profile} into {results_root / profile}")
 
 
@@ -228,9 +238,7 @@ def redraw(profile: str, *, results_root: Path, figures_root: Path, log=print) -
         n = len(records.load_run_records(profile))
     t0 = time.time()
     times = run_notebooks(profile, results_root / profile / "scratch", env, log=log)
-    if profile == "cpu" and results_root == ROOT / "results":  # the committed notebooks show the cpu profile
-        from kl_utils.tools.notebooks import publish as publish_notebooks
-        publish_notebooks(results_root / profile / "scratch", NOTEBOOKS_DIR)
+    publish_notebooks(profile, results_root / profile / "scratch", results_root, log=lambda _: None)
     from kl_utils.reporting.report import block_files
     docs = block_files() if results_root == ROOT / "results" else []
     refresh_dependents(profile, cfg, results_root=results_root, figures_root=figures_root, docs=docs, log=log)
