@@ -144,3 +144,11 @@ def test_suggestions():
     assert schema.suggestion("learning_rate", schema.TRAIN) == "lr"
     assert schema.suggestion("batchsize", schema.TRAIN) == "batch_size"
     assert schema.suggestion("zzz", schema.TRAIN) is None
+
+
+def test_home_grid_of_an_arm_is_the_grid_that_runs_it_on_most_seeds():
+    cfg = config.read_profile("cpu-llm")
+    homes = arms.home_grids(cfg)
+    assert homes["baseline"] == "main"          # main runs it on 3 seeds, the lr sweep on one
+    assert homes["sam_rho0.01"] == "sweep_rho"
+    assert set(homes) == {arm for grid in cfg["grids"] for arm, _ in arms.grid_cells(cfg, grid)}

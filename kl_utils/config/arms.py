@@ -172,6 +172,20 @@ def grid_cells(cfg: dict, grid: str | None = None) -> list[tuple[str, int]]:
     return cells
 
 
+def home_grids(cfg: dict) -> dict[str, str]:
+    """{arm: grid} for every arm of the profile's grids: the grid that runs it on the most seeds (the
+    first such grid on a tie), ordered by grid then by first appearance: baseline's home is main, not the
+    lr sweep that also runs it once. Where a status table lists an arm."""
+    cells = {name: grid_cells(cfg, name) for name in cfg.get("grids") or {}}
+    best = {}
+    for name, grid in cells.items():
+        for arm, _ in grid:
+            n = sum(a == arm for a, _ in grid)
+            if arm not in best or n > best[arm][1]:
+                best[arm] = (name, n)
+    return {arm: name for arm, (name, _) in sorted(best.items(), key=lambda kv: list(cells).index(kv[1][0]))}
+
+
 # The grids notebook 06 (controls) reads from its controls profile, and the report summarises.
 CONTROL_GRIDS = ("saturation", "converged", "it_side", "c7_pit", "ablations", "rho_k")
 

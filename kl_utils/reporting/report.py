@@ -61,17 +61,11 @@ def per_seed_markdown(profile: str, cfg: dict) -> str:
     """Every cell of the profile's grids: held-out EM (train-half EM) per seed, '—' where no record of the
     current config exists yet, blank where the grid does not run that seed; CPT updates and gradient evaluations from the records. The status table of
     a grid that fills over several sessions (docs/cpu-llm.md), written from the records, never by hand."""
-    from kl_utils.config.arms import grads_per_step, grid_cells
+    from kl_utils.config.arms import grads_per_step, grid_cells, home_grids
     have = {(r["arm"], r["seed"]): r for r in claims.current_arm_records(profile, cfg)}
     cells = {name: grid_cells(cfg, name) for name in cfg.get("grids") or {}}
     seeds = sorted({seed for grid in cells.values() for _, seed in grid})
-    grid_of = {}  # each arm in the grid that runs it on the most seeds (baseline: main, not the lr sweep)
-    for name, grid in cells.items():
-        for arm, _ in grid:
-            n = sum(a == arm for a, _ in grid)
-            if arm not in grid_of or n > grid_of[arm][1]:
-                grid_of[arm] = (name, n)
-    grid_of = {arm: name for arm, (name, _) in sorted(grid_of.items(), key=lambda kv: list(cells).index(kv[1][0]))}
+    grid_of = home_grids(cfg)
     lines = ["| grid | arm | CPT updates | CPT gradients | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|---|---|---|" + "---|" * len(seeds)]
     for arm, grid in grid_of.items():
