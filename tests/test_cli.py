@@ -187,3 +187,11 @@ def test_a_verb_that_cannot_run_on_a_profile_says_why_and_writes_nothing(argv, m
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not list(tmp_path.rglob("*.csv")) and not list(tmp_path.rglob("*.md"))
+
+
+def test_plan_times_a_record_by_its_cpu_seconds_per_thread_where_it_has_them():
+    """A run paused for an hour must not look an hour slower: CPU seconds per thread, else wall seconds."""
+    old = {"timing": {"cpt_s": 3600.0, "it_s": 120.0}, "env": {"torch_threads": 1}}
+    assert plan.stage_seconds(old) == {"cpt_s": 3600.0, "it_s": 120.0}
+    new = {**old, "timing_cpu": {"cpt_s": 1200.0, "it_s": 100.0}, "env": {"torch_threads": 2}}
+    assert plan.stage_seconds(new) == {"cpt_s": 600.0, "it_s": 50.0}

@@ -179,6 +179,7 @@ def test_kill_9_then_resume_gives_the_same_result(tmp_path):
     assert resumed["metrics"] == fresh["metrics"]
     assert resumed["resumed_stages"] == ["cpt"] and "resumed_stages" not in fresh  # its timing is partial
     assert 0 < fresh["cpu_time_s"] and 0 < resumed["cpu_time_s"]  # CPU seconds, not inflated by waiting
+    assert set(fresh["timing_cpu"]) == {"cpt_s", "it_s"} and 0 < fresh["timing_cpu"]["cpt_s"] <= fresh["cpu_time_s"]
     assert resumed["history"]["cpt"]["loss"] == fresh["history"]["cpt"]["loss"]
 
 

@@ -330,7 +330,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
     it_raw = it_examples(ds, "train", it_cfg, seed)
     it_encoded = data.encode_qa(it_raw, tok)
     hist = {}
-    t = time.time()
+    t, c = time.time(), time.process_time()
     if arm_cfg["order"] == "pit":
         train_people = new.filter(lambda r: r["split"] == "train")
         pit_docs = data.encode_documents(cpt_documents(train_people, cpt_cfg, seed), tok)
@@ -339,6 +339,8 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
     hist["cpt"] = train(model, data.encode_documents(docs, tok), cpt_cfg, seed=seed, pad_id=tok.pad_token_id,
                         desc=f"{arm} s{seed} CPT", checkpoint=ckpt / "cpt.pt", checkpoint_every=every)
     timing["cpt_s"] = time.time() - t
+    # CPU seconds of each stage: what plan times runs by (the wall times grow while a run is paused)
+    timing_cpu = {"cpt_s": time.process_time() - c}
     t = time.time()
     metrics = {"test_em_before_it": _eval(model, tok, ds, "test", cfg)["em"]}
     cpt_probe = _probe_after_cpt(model, tok, ds, cfg) if cfg.get("analysis", {}).get("probe_after_cpt") else None
@@ -347,12 +349,13 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
 
     def after_epoch(epoch, m):
         return {"train_em": _eval(m, tok, ds, "train", cfg)["em"], "test_em": _eval(m, tok, ds, "test", cfg)["em"]}
-    t = time.time()
+    t, c = time.time(), time.process_time()
     if arm_cfg["order"] == "standard":
         hist["it"] = train(model, it_encoded, it_cfg, seed=seed, pad_id=tok.pad_token_id, desc=f"{arm} s{seed} IT",
                            callback=after_epoch if cfg["eval"].get("per_epoch") else None,
                            checkpoint=ckpt / "it.pt", checkpoint_every=every)
     timing["it_s"] = time.time() - t
+    timing_cpu["it_s"] = time.process_time() - c
     t = time.time()
     per_question = {}
     for split in ("train", "valid", "test"):
@@ -376,6 +379,7 @@ def run_arm(profile: str, cfg: dict, ds, tok, *, arm: str, seed: int, log=print)
              "n_cpt_documents": len(docs), "n_it_examples": len(it_encoded),
              "optimizer_steps": {k: len(h["step"]) for k, h in hist.items()},
              "timing": {k: round(v, 2) for k, v in timing.items()},
+             "timing_cpu": {k: round(v, 2) for k, v in timing_cpu.items()},
              # CPU seconds of this process (all its threads): unlike the wall times, not inflated while the
              # run waits (paused, or sharing a core); about the wall time for a 1-thread run on an idle core
              "cpu_time_s": round(time.process_time() - cpu0, 1),

@@ -6,7 +6,9 @@ One row per (arm, seed): its run id, the optimizer steps of each stage (CPT, IT,
 order: pit), the gradient evaluations (SAM: 2 per step, 1 + 1/k with sam_every_k), whether its
 record already exists, and a time: measured for a run with a record, else estimated from the
 profile's committed arm records (median seconds per gradient evaluation of each stage, on the
-machine that made them), or 'no estimate' when the profile has none. The data is built (or read
+machine that made them), or 'no estimate' when the profile has none. A record's time is its stages'
+CPU seconds per thread where it has them (timing_cpu: not inflated while the run was paused or
+shared a core), else their wall seconds (older records). The data is built (or read
 from its cache) to count the examples; nothing else is computed.
 """
 from __future__ import annotations
@@ -59,6 +61,15 @@ def stage_grads(arm_cfg: dict, steps: dict[str, int]) -> dict[str, float]:
     return {s: n * grads_per_step(arm_cfg["it" if s == "pit" else s]) for s, n in steps.items()}
 
 
+def stage_seconds(rec: dict) -> dict[str, float]:
+    """A record's training seconds of the CPT side (PIT + CPT: cpt_s) and of IT: CPU seconds per torch
+    thread where the record has them, else wall seconds."""
+    if rec.get("timing_cpu"):
+        threads = max(1, (rec.get("env") or {}).get("torch_threads") or 1)
+        return {k: v / threads for k, v in rec["timing_cpu"].items()}
+    return dict(rec.get("timing") or {})
+
+
 def seconds_per_grad(records: list[dict]) -> dict[str, float]:
     """Median seconds per gradient evaluation of the CPT side (PIT + CPT: timing cpt_s) and of IT,
     over arm records that carry their timing."""
@@ -66,7 +77,7 @@ def seconds_per_grad(records: list[dict]) -> dict[str, float]:
     for rec in distinct_runs(records):  # a copy of another run's record is not timed twice
         if rec.get("resumed_stages"):  # timed only in part
             continue
-        timing, steps = rec.get("timing") or {}, rec.get("optimizer_steps") or {}
+        timing, steps = stage_seconds(rec), rec.get("optimizer_steps") or {}
         grads = stage_grads(rec["config"], steps)
         cpt_side = grads.get("pit", 0) + grads.get("cpt", 0)
         if timing.get("cpt_s") and cpt_side:
@@ -97,7 +108,7 @@ def plan_rows(profile: str, cfg: dict, cells: list[tuple[str, int]], ds) -> list
         grads = stage_grads(arm_cfg, steps)
         rec = have.get(run_id)
         twin = None if rec else same_run.get(run_key(run_id))  # made under another arm name: copied, not run
-        measured = rec and not rec.get("resumed_stages") and (rec.get("timing") or {})  # a resumed run timed only its rest
+        measured = rec and not rec.get("resumed_stages") and stage_seconds(rec)  # a resumed run timed only its rest
         rows.append({"arm": arm, "seed": seed, "run_id": run_id, "steps": steps, "grads": grads,
                      "record": rec is not None or twin is not None, "same_run_as": twin and twin["run_id"],
                      "measured_s": measured.get("cpt_s", 0) + measured.get("it_s", 0) if measured else None,
