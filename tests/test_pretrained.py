@@ -108,3 +108,18 @@ def test_llm_bench_runs_at_one_update(smollm2, monkeypatch, tmp_path):
     for key in ("llm_train_over_hf_trainer", "llm_sam_over_adamw", "llm_bf16_over_fp32"):
         assert 0 < out[key] < 100 and math.isfinite(out[key]), (key, out[key])
     assert out["details"]["labelled_tokens"]["hf"] > 0
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "empty-folder"])
+def test_a_model_that_is_not_here_is_one_line_naming_it(tmp_path, monkeypatch, where):
+    """Offline, a hub id or a wrong folder in model.pretrained ends in one line, not a traceback."""
+    from kl_utils.core.hub import ModelUnavailable
+    from kl_utils.data.tokenizer import load_tokenizer
+    from kl_utils.training.model import load_model
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "nowhere" if where == "missing-folder" else tmp_path
+    for load, what in ((load_model, "model"), (load_tokenizer, "tokenizer")):
+        with pytest.raises(ModelUnavailable, match=f"cannot load the {what} '{path}'") as err:
+            load(path)
+        assert isinstance(err.value, OSError)  # plan's handling of an unreachable model still applies
+        assert ("not a complete checkpoint" if where == "empty-folder" else "not a folder here") in str(err.value)

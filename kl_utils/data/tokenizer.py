@@ -42,7 +42,8 @@ def build_word_tokenizer(texts, extra_words=()) -> PreTrainedTokenizerFast:
 
 def load_tokenizer(path_or_id: str | Path, **kwargs):
     """A saved word-level tokenizer or any hub/local tokenizer. Makes sure a pad token exists."""
-    tok = AutoTokenizer.from_pretrained(str(path_or_id), **kwargs)
+    from kl_utils.core.hub import from_pretrained
+    tok = from_pretrained(AutoTokenizer, path_or_id, "tokenizer", **kwargs)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

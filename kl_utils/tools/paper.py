@@ -38,7 +38,9 @@ def model_shape(model_cfg: dict) -> dict:
     """Parameters and sizes of the profile's model, from its config alone (no weights loaded)."""
     if model_cfg.get("pretrained"):
         from transformers import AutoConfig
-        c = AutoConfig.from_pretrained(str(model_cfg["pretrained"]))
+        from kl_utils.core.hub import from_pretrained
+        from kl_utils.training.pretrained import resolve  # a packaged model: its converted folder
+        c = from_pretrained(AutoConfig, resolve(model_cfg["pretrained"]), "model config")
         shape = {"hidden": c.hidden_size, "layers": c.num_hidden_layers, "heads": c.num_attention_heads,
                  "kv_heads": getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
                  "intermediate": c.intermediate_size, "vocab": c.vocab_size,

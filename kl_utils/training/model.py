@@ -28,8 +28,10 @@ def build_model(model_cfg: dict, tokenizer, seed: int) -> LlamaForCausalLM:
 
 
 def load_model(path_or_id: str | Path, dtype: torch.dtype | str = "auto", **kwargs):
-    """A pretrained causal LM from a local directory or a hub id (the hub only when reachable)."""
-    return AutoModelForCausalLM.from_pretrained(str(path_or_id), dtype=dtype, **kwargs)
+    """A pretrained causal LM from a local directory or a hub id (the hub only when reachable; else a
+    one-line ModelUnavailable)."""
+    from kl_utils.core.hub import from_pretrained
+    return from_pretrained(AutoModelForCausalLM, path_or_id, "model", dtype=dtype, **kwargs)
 
 
 def n_parameters(model) -> int:
