@@ -262,3 +262,13 @@ def test_near_convergence_format_sam_rows_are_non_inferiority_controls():
            "ci_low": -0.015, "ci_high": -0.005, "n_seeds": 3}
     assert verdicts.annotate([row])[0]["test"] == "superiority"
     assert ("C5", "format_ep48", "format_sam_ep48", "steps") in {c[:4] for c in claims.COMPARISONS}
+
+
+def test_cochran_q_is_left_blank_where_no_pair_has_two_seeds():
+    """cpu-llm's pairs are single data draws (one run each): no within-pair variance, so no Q (it would
+    be 1 / MIN_VARIANCE, ~1e9); the cpu pairs have several seeds each and get one."""
+    from kl_utils.config.profiles import read_profile
+    llm = [r for r in claims.build("cpu-llm", read_profile("cpu-llm")) if r.get("re_diff") is not None]
+    assert llm and all(r.get("re_q") is None for r in llm)
+    cpu = [r for r in claims.build("cpu", read_profile("cpu")) if r.get("re_diff") is not None]
+    assert cpu and all(0 <= r["re_q"] < 1e6 for r in cpu)
