@@ -4,7 +4,7 @@ kl_utils <verb>` (kl_utils.cli) is its one command line.
 The package is layered along the data flow. Each subpackage imports only from the ones above it
 in this list (tests/test_import_graph.py checks it, and that there is no import cycle):
 
-  core/       paths, run records (atomic writes, provenance), config hashing, command-line errors
+  core/       paths, run records (atomic writes, provenance), config hashing, command-line errors, loading by folder or hub id
   data/       people and the bioS generator, documents and their formats, tokenizer, datasets
   augment/    sentence segmentation, formatting families (facts protected), rewriting baselines, audit
   config/     profiles: the schema (keys, defaults, checks), loading, arms and run ids
