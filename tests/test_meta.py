@@ -58,6 +58,19 @@ def test_random_effects_hand_computed_with_heterogeneity():
         meta.random_effects([0.1], [0.01])
 
 
+def test_random_effects_q_is_nan_without_within_pair_variance():
+    # one run per pair (cpu-llm: a data draw is a pair): no pair has a variance, so Q would only be the
+    # spread / MIN_VARIANCE; the estimate and the HKSJ interval (the t interval of the pair means) remain
+    y = [0.0, 0.3, 0.1]
+    res = meta.random_effects(y, [0.0, 0.0, 0.0])
+    assert math.isnan(res["q"]) and res["mu"] == pytest.approx(0.1333333)
+    assert res["high"] - res["mu"] == pytest.approx(4.303 * math.sqrt(0.0233333 / 3), rel=1e-4)
+    # one pair with a variance is enough for Q to mean something; vectorised rows are decided one by one
+    assert math.isfinite(meta.random_effects(y, [0.01, 0.0, 0.0])["q"])
+    rows = meta.random_effects(np.array([y, y]), np.array([[0.0] * 3, [0.01] * 3]))
+    assert math.isnan(rows["q"][0]) and rows["q"][1] == pytest.approx(4.6666667)
+
+
 def test_pair_summaries_pool_the_within_pair_variance():
     groups = [[0.1, 0.3], [0.0, 0.1, 0.2], [0.5]]  # SS 0.02 (1 df) + 0.02 (2 df): pooled 0.04 / 3
     y, v, n = meta.pair_summaries(groups)

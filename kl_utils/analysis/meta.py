@@ -84,12 +84,14 @@ def random_effects(y, v, *, tau2_method: str = "reml", hk: str = "plain") -> dic
     The defaults (REML, plain HKSJ, with pair_summaries' pooled within-pair variance) are the ones
     whose coverage `coverage` measured at 94-95% at our sizes (docs/statistics.md).
     Returns arrays (or floats for one analysis): mu, se, low, high, tau2, q (Cochran's Q, fixed-effect
-    weights), k, df and p (two-sided, H0: mu = 0)."""
+    weights; NaN where no pair has a variance above MIN_VARIANCE, since Q would then only be the spread
+    over MIN_VARIANCE), k, df and p (two-sided, H0: mu = 0)."""
     if tau2_method not in TAU2_METHODS:
         raise ValueError(f"tau2_method must be one of {TAU2_METHODS}, not {tau2_method!r}")
     if hk not in ("plain", "modified", "none"):
         raise ValueError(f"hk must be 'plain', 'modified' or 'none', not {hk!r}")
-    y, v = np.asarray(y, dtype=float), np.maximum(np.asarray(v, dtype=float), MIN_VARIANCE)
+    y, v_given = np.asarray(y, dtype=float), np.asarray(v, dtype=float)
+    v = np.maximum(v_given, MIN_VARIANCE)
     k = y.shape[-1]
     if k < 2:
         raise ValueError("random_effects: need >= 2 pairs")
@@ -104,6 +106,7 @@ def random_effects(y, v, *, tau2_method: str = "reml", hk: str = "plain") -> dic
     crit = stats.t95(k - 1) if hk != "none" else 1.959964
     w_fixed = 1.0 / v
     q = (w_fixed * (y - _fixed(y, w_fixed)[..., None]) ** 2).sum(-1)
+    q = np.where((v_given > MIN_VARIANCE).any(-1), q, np.nan)
     out = {"mu": mu, "se": se, "low": mu - crit * se, "high": mu + crit * se, "tau2": tau2, "q": q, "k": k,
            "df": k - 1 if hk != "none" else None}
     if np.ndim(mu) == 0:

@@ -18,10 +18,11 @@ def from_pretrained(loader, path_or_id: str | Path, what: str = "model", **kwarg
     try:
         return loader.from_pretrained(str(path_or_id), **kwargs)
     except (OSError, ValueError) as err:
-        if isinstance(err, ValueError) and not Path(path_or_id).is_dir():
+        is_folder = Path(path_or_id).is_dir()
+        if isinstance(err, ValueError) and not is_folder:
             raise  # not about finding the files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        where = ("the folder exists but is not a complete checkpoint" if Path(path_or_id).is_dir()
+        where = ("the folder exists but is not a complete checkpoint" if is_folder
                  else "it is not a folder here, and the Hugging Face hub did not provide it")
         raise ModelUnavailable(
             f"cannot load the {what} {str(path_or_id)!r}: {where} ({first}). Give model.pretrained as a "

@@ -63,7 +63,9 @@ def stage_grads(arm_cfg: dict, steps: dict[str, int]) -> dict[str, float]:
 
 def stage_seconds(rec: dict) -> dict[str, float]:
     """A record's training seconds of the CPT side (PIT + CPT: cpt_s) and of IT: CPU seconds per torch
-    thread where the record has them, else wall seconds."""
+    thread where the record has them (pauses and other jobs on the cores do not inflate them), else
+    wall seconds. Exact for 1-thread runs; for n threads it assumes all n stayed busy, so it reads
+    low by the threads' idle share (a few % at 2 threads here)."""
     if rec.get("timing_cpu"):
         threads = max(1, (rec.get("env") or {}).get("torch_threads") or 1)
         return {k: v / threads for k, v in rec["timing_cpu"].items()}

@@ -151,11 +151,8 @@ def random_effects_columns(row: dict, pair_recs: dict | None, test: str, margin)
     if len(groups) < 2:
         return cols
     res = meta.meta_of_pairs(list(groups.values()))
-    # Cochran's Q weighs the pairs' spread by their within-pair variance; where every pair has one seed
-    # (cpu-llm: a pair is one data draw, one run) there is none, and Q would only be 1 / MIN_VARIANCE
-    replicated = any(len(diffs) >= 2 for diffs in groups.values())
     return {**cols, "re_diff": res["mu"], "re_ci_low": res["low"], "re_ci_high": res["high"], "re_tau2": res["tau2"],
-            "re_q": res["q"] if replicated else None, "re_verdict": decide(res["low"], res["high"], test, margin),
+            "re_q": res["q"] if math.isfinite(res["q"]) else None, "re_verdict": decide(res["low"], res["high"], test, margin),
             "re_p": stats.p_two_sided(res["mu"], res["se"], null=_null(test, margin), df=res["df"])}
 
 
