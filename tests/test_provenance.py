@@ -88,6 +88,12 @@ def test_per_seed_block_shows_every_grid_cell(monkeypatch, tmp_path):
     assert rows["`baseline`"].startswith("| main |") and "| 0.250 |" in rows["`baseline`"] and rows["`baseline`"].endswith("| — |")
     assert rows["`sam`"].endswith("| — | 0.500 |")
     assert rows["`sam_rho0.1`"] == "| sweep | `sam_rho0.1` | — | — | — |  |"
+    # a grid of extra draws for some arms: their rows stay in their home grid and show the new seed as to run
+    cfg["grids"]["more_draws"] = [{"arms": ["baseline"], "seeds": [2]}]
+    rows = {line.split(" | ")[1]: line for line in report.per_seed_markdown("toy", cfg).splitlines()[2:]}
+    assert list(rows) == ["`baseline`", "`sam`", "`sam_rho0.1`"]
+    assert rows["`baseline`"].startswith("| main |") and rows["`baseline`"].endswith("| 0.250 | — | — |")
+    assert rows["`sam`"].endswith("| — | 0.500 |  |") and rows["`sam_rho0.1`"].endswith("| — |  |  |")
 
 
 def test_doc_blocks_of_a_profile_are_refreshed_and_checked(monkeypatch, tmp_path):

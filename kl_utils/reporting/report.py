@@ -59,12 +59,13 @@ def _em_cell(metrics: dict) -> str:
 
 def per_seed_markdown(profile: str, cfg: dict) -> str:
     """Every cell of the profile's grids: held-out EM (train-half EM) per seed, '—' where no record of the
-    current config exists yet, blank where the grid does not run that seed; CPT updates and gradient evaluations from the records. The status table of
+    current config exists yet, blank where no grid runs that seed; CPT updates and gradient evaluations from the records. The status table of
     a grid that fills over several sessions (docs/cpu-llm.md), written from the records, never by hand."""
     from kl_utils.config.arms import grads_per_step, grid_cells, home_grids
     have = {(r["arm"], r["seed"]): r for r in claims.current_arm_records(profile, cfg)}
     cells = {name: grid_cells(cfg, name) for name in cfg.get("grids") or {}}
-    seeds = sorted({seed for grid in cells.values() for _, seed in grid})
+    planned = {cell for grid in cells.values() for cell in grid}  # an arm may run more seeds in another grid
+    seeds = sorted({seed for _, seed in planned})
     grid_of = home_grids(cfg)
     lines = ["| grid | arm | CPT updates | CPT gradients | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|---|---|---|" + "---|" * len(seeds)]
@@ -72,7 +73,7 @@ def per_seed_markdown(profile: str, cfg: dict) -> str:
         recs = [have[(arm, s)] for s in seeds if (arm, s) in have]
         steps = recs[0]["optimizer_steps"]["cpt"] if recs else None
         grads = f"{steps * grads_per_step(recs[0]['config']['cpt']):.0f}" if recs else "—"
-        row = [_em_cell(have[(arm, s)]["metrics"]) if (arm, s) in have else ("—" if (arm, s) in cells[grid] else "")
+        row = [_em_cell(have[(arm, s)]["metrics"]) if (arm, s) in have else ("—" if (arm, s) in planned else "")
                for s in seeds]
         lines.append(f"| {grid} | `{arm}` | {steps if steps is not None else '—'} | {grads} | " + " | ".join(row) + " |")
     return "\n".join(lines)
