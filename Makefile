@@ -9,7 +9,7 @@ STAMP    := $(VENV)/.installed-stamp
 PROFILES := $(basename $(notdir $(wildcard profiles/*.yaml)))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: env reproduce figures collect plan test unit nbval lab bench controls clean-env check-profile help
+.PHONY: env reproduce figures collect plan test test-avx2 unit nbval lab bench controls clean-env check-profile help
 
 help:
 	@echo "make reproduce [PROFILE=$(PROFILES)]   recompute every run from scratch, redraw, compare with the committed records (cpu: ~35 min)"
@@ -17,6 +17,7 @@ help:
 	@echo "make collect FROM=DIR [PROFILE=...]    copy the run records another checkout made (a worktree running a grid), then redraw"
 	@echo "make plan [PROFILE=...]                every run of the profile's grids: run id, steps, record, estimated time (no training)"
 	@echo "make test                               unit tests + notebooks under nbval (smoke profile)"
+	@echo "make test-avx2                          the same on the AVX2-only path (no AVX-512, no native bf16), from any x86-64 host"
 	@echo "make lab                                JupyterLab on notebooks/ with the project kernel"
 	@echo "make bench                              speed benchmarks (ratios measured side by side, ~25 min)"
 	@echo "make controls                           the control grids of cpu-full that notebook 06 reads (~3 h)"
@@ -66,6 +67,13 @@ nbval: $(STAMP)
 test: $(STAMP)
 	@start=$$(date +%s); $(MAKE) --no-print-directory unit && $(MAKE) --no-print-directory nbval; \
 	rc=$$?; echo "make test finished in $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# The AVX2-only path from any x86-64 host (an AMD Zen 3's kernels: torch's, oneDNN's and MKL's; no native bf16;
+# kl_utils.core.precision.AVX2_ENV): what a CI host or a laptop without AVX-512 runs.
+AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+test-avx2: $(STAMP)
+	@$(AVX2_ENV) $(PY) -c "import torch; from kl_utils.core import precision as p; print('AVX2 path:', torch.backends.cpu.get_cpu_capability(), '| native bf16:', p.cpu_native_bf16())"
+	@$(AVX2_ENV) $(MAKE) --no-print-directory test
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --MappingKernelManager.default_kernel_name=$(KERNEL)

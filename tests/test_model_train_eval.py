@@ -67,8 +67,12 @@ def test_collate_masks_padding():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
-def test_grad_accumulation_matches_full_batch(tok, people):
-    """4 micro-batches of 2 equal one batch of 8 (equal-length documents, so means agree)."""
+def test_grad_accumulation_matches_full_batch(tok, people, monkeypatch):
+    """4 micro-batches of 2 equal one batch of 8 (equal-length documents, so means agree). Through plain SGD
+    (lr 1), so the parameters move by the gradient itself: AdamW's first update is lr x sign(g), and the sign
+    of a gradient within rounding of 0 depends on the CPU's kernels and the thread count (0.1% of the
+    parameters moved by 2 lr under 1 vs 2 threads), which says nothing about accumulation."""
+    monkeypatch.setattr(train, "make_optimizer", lambda model, cfg: torch.optim.SGD(model.parameters(), lr=1.0))
     texts = [row["bios"][0] for row in people][:8]
     examples = data.encode_documents(texts, tok)
     width = min(len(e["input_ids"]) for e in examples)
@@ -79,6 +83,8 @@ def test_grad_accumulation_matches_full_batch(tok, people):
     train.train(b, examples, {**cfg, "grad_accum": 4}, seed=0, pad_id=tok.pad_token_id)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+    init = build_model(TINY_MODEL, tok, seed=0)
+    assert sum((p - q).abs().sum().item() for p, q in zip(a.parameters(), init.parameters())) > 1e-2  # it did train
 
 
 def test_training_memorizes_and_evaluation_is_exact(tok, people):
@@ -86,12 +92,16 @@ def test_training_memorizes_and_evaluation_is_exact(tok, people):
     and batched left-padded greedy decoding equals decoding one example at a time."""
     qa = data.qa_examples(people, "train")[:12]
     model = build_model({**TINY_MODEL, "hidden_size": 64, "intermediate_size": 128}, tok, seed=0)
-    history = train.train(model, data.encode_qa(qa, tok), {**TRAIN, "epochs": 100, "batch_size": 4, "lr": 1e-2},
+    # lr 3e-3, not 1e-2: at 1e-2 the loss spiked to ~1 late in training, and the EM it ended at depended on
+    # the CPU's rounding (1.0 with AVX-512, 0.917 with the AVX2 path forced, 0.833 on an AVX2-only EPYC). At
+    # 3e-3 the loss falls smoothly to ~0.006 nats a token on both paths and EM is 1.0 on both: the bar of
+    # 11 of 12 has a question's room.
+    history = train.train(model, data.encode_qa(qa, tok), {**TRAIN, "epochs": 100, "batch_size": 4, "lr": 3e-3},
                           seed=0, pad_id=tok.pad_token_id, callback=lambda epoch, m: {"epoch_seen": epoch})
-    assert history["loss"][-1] < 0.05 * history["loss"][0]
+    assert history["loss"][-1] < 0.01 * history["loss"][0], (history["loss"][0], history["loss"][-1])
     assert history["epochs"][-1]["epoch_seen"] == 100
     res = evaluate.evaluate_qa(model, tok, qa, batch_size=5)
-    assert res["em"] >= 0.9, res
+    assert res["em"] >= 11 / 12, res
     one_by_one = [evaluate.generate_answers(model, tok, [ex], batch_size=1)[0] for ex in qa]
     assert one_by_one == res["predictions"]
     # rows finish at different steps and leave the batch: the answers are still those of `generate`
@@ -135,3 +145,18 @@ def test_gold_round_trip_makes_perfect_predictions_match(tok):
 def test_token_f1():
     assert evaluate.token_f1("Ann Arbor", "Ann Arbor, MI") == pytest.approx(0.8)
     assert evaluate.token_f1("x", "y") == 0.0
+
+
+def test_a_bf16_accelerator_state_left_behind_does_not_leak_into_fp32_training(tok):
+    """A Hugging Face `Trainer` with bf16=True leaves bf16 in accelerate's shared state; a model our loop
+    prepares afterwards must still compute in fp32 (it ran under bf16 autocast before this was fixed)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=False)
+    assert Accelerator(mixed_precision="bf16").mixed_precision == "bf16"  # what Trainer(bf16=True) leaves
+    acc = train.get_accelerator()
+    assert acc.mixed_precision == "no" and Accelerator().mixed_precision == "no"
+    model = build_model(TINY_MODEL, tok, seed=0)
+    ids = torch.tensor([tok("Question: What did Ann study?")["input_ids"]])
+    plain = model(ids).logits
+    assert torch.equal(acc.prepare(copy.deepcopy(model))(ids).logits, plain)

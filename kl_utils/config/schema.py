@@ -15,10 +15,10 @@ from typing import Any, Callable, NamedTuple
 
 from kl_utils.augment.formatting import FAMILIES
 from kl_utils.core.command import UserError
+from kl_utils.core.precision import PRECISIONS  # no | bf16 | auto (fp16 is refused: SAM's two passes and a GradScaler do not mix)
 from kl_utils.data.documents import FORMATS
 
 OPTIMIZERS = ("adamw", "sam")
-PRECISIONS = ("no", "bf16")          # fp16 is not supported (SAM's two passes and a GradScaler do not mix)
 LOGITS = ("all", "labelled")
 BATCHING = ("pad", "bucket", "pack")  # kl_utils.training.batching
 DTYPES = ("float32", "bfloat16", "float16")

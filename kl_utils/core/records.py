@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from kl_utils.core.atomic import atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
+from kl_utils.core import precision
 from kl_utils.core.paths import ROOT, runs_dir
 
 PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "numpy", "papermill",
@@ -88,14 +89,28 @@ def environment() -> dict:
     return {"git_commit": _PINNED_COMMIT or git_commit(), "packages": package_versions(),
             "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "cpu": cpu_info(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(), "arithmetic": precision.host_arithmetic(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def stage_precisions(config: dict) -> dict[str, str]:
+    """The arithmetic of each training stage a record's config has ({"cpt": "bf16", "it": "fp32"}):
+    `mixed_precision` as resolved on this host (a run id's config has `auto` resolved already)."""
+    stages = {k: v for k, v in (config or {}).items() if k in ("base", "cpt", "it") and isinstance(v, dict)}
+    return {k: precision.label(precision.resolve(v.get("mixed_precision", "no"))) for k, v in stages.items()
+            if not (k == "base" and v.get("enabled") is False)}
+
+
+def record_precision(rec: dict) -> dict[str, str]:
+    """A record's stage precisions: written by write_run_record since they were recorded, else read
+    from its config (the records before that named them only there)."""
+    return rec.get("precision") or stage_precisions(rec.get("config") or {})
 
 
 def write_run_record(profile: str, run_id: str, *, kind: str, config: dict, seed: int,
                      metrics: dict, wall_time_s: float, extra: dict | None = None) -> Path:
     record = {"run_id": run_id, "profile": profile, "kind": kind, "config": config, "seed": seed,
-              "metrics": metrics, "wall_time_s": round(wall_time_s, 3), "env": environment(),
+              "precision": stage_precisions(config), "metrics": metrics, "wall_time_s": round(wall_time_s, 3), "env": environment(),
               **(extra or {})}
     path = runs_dir(profile) / f"{run_id}.json"
     atomic_write_json(path, record)

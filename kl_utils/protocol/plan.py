@@ -4,7 +4,8 @@
 
 One row per (arm, seed): its run id, the optimizer steps of each stage (CPT, IT, and PIT for
 order: pit), the gradient evaluations (SAM: 2 per step, 1 + 1/k with sam_every_k), whether its
-record already exists, and a time: measured for a run with a record, else estimated from the
+record already exists, and a time (first, the precision each stage would run in on this host and, for
+bf16 on a CPU without native bf16, what that costs here, measured): measured for a run with a record, else estimated from the
 profile's committed arm records (median seconds per gradient evaluation of each stage, on the
 machine that made them), or 'no estimate' when the profile has none. A record's time is its stages'
 CPU seconds per thread where it has them (timing_cpu: not inflated while the run was paused or
@@ -170,6 +171,34 @@ def base_line(profile: str, cfg: dict) -> str:
     return f"base model {run_id}: {'record exists, ' if have else ''}not cached: trained first if a run needs it"
 
 
+def precision_lines(profile: str, cfg: dict, records_: list[dict] | None = None) -> list[str]:
+    """What precision the profile's stages would run in on this host, and what that costs here: where a
+    stage names bf16 and the CPU has no native bf16, the warning line, the rate of a bf16 vs an fp32
+    matmul measured now, and the CPU the time estimates come from."""
+    from kl_utils.core import precision
+    device = precision.default_device_type()
+    stages = {s: cfg[s].get("mixed_precision", default("cpt.mixed_precision")) for s in ("base", "cpt", "it")
+              if s in cfg and not (s == "base" and (cfg["model"].get("pretrained") or not cfg[s].get("enabled", True)))}
+    resolved = {s: precision.resolve(p, device) for s, p in stages.items()}
+    native = precision.native_bf16(device)
+    host = f"{device.upper() if device == 'cuda' else precision_cpu_name()}: {'native' if native else 'no native'} bf16"
+    parts = [f"{s.upper()} {precision.label(resolved[s])}" + (" (auto)" if stages[s] == "auto" else "") for s in stages]
+    lines = [f"precision on this host ({host}): {', '.join(parts)}"]
+    if device == "cpu" and not native and "bf16" in resolved.values():
+        lines.append(precision.slow_bf16_message(f"profile {profile}:"))
+        lines.append("  cost: " + precision.bf16_cost_line())
+        made_on = sorted({(r.get("env") or {}).get("cpu", {}).get("model", "an unrecorded CPU") for r in records_ or []})
+        if made_on:
+            lines.append(f"  the time estimates below are of records made on {', '.join(made_on)}: bf16 stages take "
+                         "many times longer here")
+    return lines
+
+
+def precision_cpu_name() -> str:
+    from kl_utils.core.records import cpu_info
+    return cpu_info()["model"]
+
+
 def reproduce_line(profile: str) -> str:
     """The wall time of the profile's last `make reproduce` (every notebook; results/<profile>/timing.json)."""
     import json
@@ -203,6 +232,8 @@ def main(argv=None) -> int:
         what = cfg["data"].get("documents") or cfg["model"].get("pretrained") or "the data"
         raise ProfileError(f"profile {profile}: cannot count the steps without the data and tokenizer of "
                            f"{what}: {str(err).splitlines()[0]}") from err
+    from kl_utils.core import records
+    print("\n".join(precision_lines(profile, cfg, records.load_run_records(profile, kind="arm"))))
     print(render(profile, cfg, plan_rows(profile, cfg, cells, ds), args.grid, base_line(profile, cfg)))
     print(reproduce_line(profile))
     return 0

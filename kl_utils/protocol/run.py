@@ -76,6 +76,14 @@ def run_grid(profile: str, cfg: dict, cells: list[tuple[str, int]], workers: int
         log(f"{len(todo)} of {len(cells)} runs have no record and training is off (a redraw from records): "
             f"`python -m kl_utils run --profile {profile}` or `make reproduce PROFILE={profile}` makes them")
         return sorted(cell_records(profile, cfg, cells)[0], key=lambda r: r["run_id"])
+    if todo:  # bf16 named on a CPU without it: one line before any training (kl_utils.core.precision)
+        from kl_utils.core import precision
+        device = precision.default_device_type()
+        for arm, seed in todo:
+            arm_cfg = arm_spec(cfg, arm, seed)[0]
+            if any(precision.warn_slow_bf16(precision.resolve(arm_cfg[s].get("mixed_precision"), device), device,
+                                            where=f"profile {profile}:") for s in ("cpt", "it")):
+                break
     if todo and cfg["base"].get("enabled", default("base.enabled")):  # once, with all threads, before the workers need it
         experiment.base_model(profile, cfg, ds, tok, log=log)
     log(f"{len(cells) - len(todo)} of {len(cells)} runs already have records; {len(todo)} to run "

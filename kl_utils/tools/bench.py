@@ -284,10 +284,12 @@ def main(argv=None) -> dict:
     figures.update({k: v for k, v in th.items() if k.endswith(("_over_1", "_over_0", "_2thread", "speedup"))})
     extra["threads"] = th
     if args.llm:
-        print("the pretrained model of cpu-llm (SmolLM2-135M): ours vs HF Trainer, SAM / AdamW, bf16 / fp32")
+        print("the pretrained model of cpu-llm (SmolLM2-135M): ours vs HF Trainer, SAM / AdamW, bf16 / fp32, "
+              "matmul rate per precision and the step's fraction of it")
         from kl_utils.tools import bench_llm
         llm = bench_llm.run()
-        figures.update({k: v for k, v in llm.items() if k.endswith(("_over_hf_trainer", "_over_adamw", "_over_fp32"))})
+        figures.update({k: v for k, v in llm.items() if k.startswith(("matmul_", "llm_step_", "llm_precision"))
+                        or k.endswith(("_over_hf_trainer", "_over_adamw", "_over_fp32"))})
         extra["llm"] = llm
     if args.packing_check:
         extra["packing_check"] = packing_check()

@@ -4,7 +4,8 @@ or SAM from the config, and logs per-step loss and learning rate.
 
 Train config keys (profiles/*.yaml): epochs | max_steps, batch_size, grad_accum, lr,
 weight_decay, betas, warmup_frac, min_lr_frac, grad_clip, optimizer (adamw | sam), rho,
-adaptive, sam_every_k, mixed_precision (no | bf16), and three keys that change only how the
+adaptive, sam_every_k, mixed_precision (no | bf16 | auto: bf16 where the device has it natively,
+kl_utils.core.precision), and three keys that change only how the
 same arithmetic is done (not what is learned; each changes float rounding, so they are part of a
 run's config hash when set to anything but their default):
 batching (pad | pack | bucket: kl_utils.training.batching; bucket does change batch composition),
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kl_utils.core import precision as precision_mod
 from kl_utils.core.atomic import atomic_write
 from kl_utils.training.batching import lazy_batches
 from kl_utils.training.batching import pad_collate as collate  # the right-padded batch, kept under its old name
@@ -49,9 +51,18 @@ def set_seed(seed: int) -> None:
 def get_accelerator():
     """The process's Accelerator. accelerate keeps its state globally, so a new object shares the
     existing state (and is rebuilt if something reset it); its precision cannot change between
-    stages, which is why mixed precision is applied per stage by `autocast_context`."""
+    stages, which is why mixed precision is applied per stage by `autocast_context`, and the shared
+    state must say "no". A bf16 left there (by a Hugging Face `Trainer` with bf16=True in the same
+    process, or `accelerate launch --mixed_precision bf16`) would wrap every later forward in bf16
+    autocast, an fp32 stage included: found when `make bench`'s fp32 variant ran after its bf16
+    `Trainer` run. That state is reset (the process's distributed state is kept)."""
     from accelerate import Accelerator
-    return Accelerator()
+    from accelerate.state import AcceleratorState
+    accelerator = Accelerator()
+    if accelerator.mixed_precision == "bf16":
+        AcceleratorState._reset_state(reset_partial_state=False)
+        accelerator = Accelerator(mixed_precision="no")
+    return accelerator
 
 
 def check_precision(mixed_precision: str) -> None:
@@ -63,9 +74,10 @@ def check_precision(mixed_precision: str) -> None:
 
 
 def autocast_context(mixed_precision: str, device: torch.device):
-    """bf16 autocast for the forward pass (weights and optimizer state stay fp32)."""
+    """bf16 autocast for the forward pass (weights and optimizer state stay fp32); `auto` is
+    resolved for the device (kl_utils.core.precision)."""
     check_precision(mixed_precision)
-    if mixed_precision == "bf16":
+    if precision_mod.resolve(mixed_precision, device.type) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -171,6 +183,8 @@ def train(model, examples: list[dict], cfg: dict, *, seed: int, pad_id: int, des
     accelerator = accelerator or get_accelerator()
     precision = cfg.get("mixed_precision", DEFAULT["mixed_precision"])
     check_precision(precision)
+    precision = precision_mod.resolve(precision, accelerator.device.type)
+    precision_mod.warn_slow_bf16(precision, accelerator.device.type)  # one line per process, before training
     accum = cfg.get("grad_accum", DEFAULT["grad_accum"])
     micro = cfg["batch_size"] // accum
     if micro * accum != cfg["batch_size"]:
