@@ -69,18 +69,19 @@ ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vn
 
 
 def cpu_info() -> dict:
-    """The CPU's model name and the ISA flags of ISA_FLAGS it has (Linux /proc/cpuinfo; else what
-    platform knows)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """The CPU's model name and the ISA flags of ISA_FLAGS it has (Linux /proc/cpuinfo, flags read by
+    precision.cpu_flags; else what platform knows)."""
+    model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+            break
+    flags = precision.cpu_flags(text)
     return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
 
 

@@ -181,7 +181,8 @@ def precision_lines(profile: str, cfg: dict, records_: list[dict] | None = None)
               if s in cfg and not (s == "base" and (cfg["model"].get("pretrained") or not cfg[s].get("enabled", True)))}
     resolved = {s: precision.resolve(p, device) for s, p in stages.items()}
     native = precision.native_bf16(device)
-    host = f"{device.upper() if device == 'cuda' else precision_cpu_name()}: {'native' if native else 'no native'} bf16"
+    from kl_utils.core.records import cpu_info
+    host = f"{device.upper() if device == 'cuda' else cpu_info()['model']}: {'native' if native else 'no native'} bf16"
     parts = [f"{s.upper()} {precision.label(resolved[s])}" + (" (auto)" if stages[s] == "auto" else "") for s in stages]
     lines = [f"precision on this host ({host}): {', '.join(parts)}"]
     if device == "cpu" and not native and "bf16" in resolved.values():
@@ -192,11 +193,6 @@ def precision_lines(profile: str, cfg: dict, records_: list[dict] | None = None)
             lines.append(f"  the time estimates below are of records made on {', '.join(made_on)}: bf16 stages take "
                          "many times longer here")
     return lines
-
-
-def precision_cpu_name() -> str:
-    from kl_utils.core.records import cpu_info
-    return cpu_info()["model"]
 
 
 def reproduce_line(profile: str) -> str:

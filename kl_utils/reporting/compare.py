@@ -158,7 +158,7 @@ def summary_line(result: dict) -> str:
         if other:
             line += f", {len(other)} made from other inputs ({', '.join(sorted(other))})"
     if arith:
-        line += f"{'' if pairs else ''}, {len(arith)} made in other arithmetic (another precision: not compared)"
+        line += f", {len(arith)} made in other arithmetic (another precision: not compared)"
     else:
         line += "none in common"
     changed = result["claims"]["verdicts_changed"]
