@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 HERE = Path(__file__).resolve().parent
 WORKER_PATH = HERE / "_sam_ddp_worker.py"
+TRAINER_WORKER_PATH = HERE / "_sam_trainer_ddp_worker.py"
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo unavailable")
@@ -39,7 +40,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(out_dir, timeout=90):
+def _launch(out_dir, timeout=90, worker=WORKER_PATH):
     port = _free_port()
     procs, logs = [], []
     for rank in range(W.WORLD):
@@ -48,7 +49,7 @@ def _launch(out_dir, timeout=90):
                "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore,default::RuntimeWarning"}
         log = open(out_dir / f"rank{rank}.log", "w+")
         logs.append(log)
-        procs.append(subprocess.Popen([sys.executable, str(WORKER_PATH), str(out_dir)], env=env,
+        procs.append(subprocess.Popen([sys.executable, str(worker), str(out_dir)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent))
     try:
         rcs = [p.wait(timeout=timeout) for p in procs]
@@ -89,14 +90,15 @@ def _perturbed_grad(model, batches, g):
     return h
 
 
-def simulate(per_replica=True):
-    """Single process: returns (final params, per-rank pass-1 losses, gradients of the base steps)."""
+def simulate(per_replica=True, batches=W.rank_batches, weight_decay=W.WD):
+    """Single process: returns (final params, per-rank pass-1 losses, gradients of the base steps).
+    batches(step, rank): that rank's micro-batches of that update."""
     model = W.build_model()
     params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=W.LR, weight_decay=W.WD, eps=W.EPS)
+    opt = torch.optim.AdamW(params, lr=W.LR, weight_decay=weight_decay, eps=W.EPS)
     losses, applied = {r: [] for r in range(W.WORLD)}, []
     for step in range(W.STEPS):
-        data = [W.rank_batches(step, r) for r in range(W.WORLD)]
+        data = [batches(step, r) for r in range(W.WORLD)]
         local = [_grads(model, data[r], W.loss_fn) for r in range(W.WORLD)]
         for r in range(W.WORLD):
             losses[r].append(float(local[r][0]))
@@ -154,3 +156,31 @@ def test_ddp_two_processes_match_per_replica_simulation(tmp_path):
     gap = max(float((res[0]["params"][n] - glob[n]).abs().max()) for n in glob)
     print(f"max |DDP - per-replica sim| = {err:.2e}; max |DDP - global-perturbation sim| = {gap:.2e}")
     assert gap > 1e-4
+
+
+def test_sam_trainer_ddp_two_processes_match_per_replica_simulation(tmp_path):
+    """SAMTrainer under the Trainer's own DDP (2 CPU processes): the same per-replica SAM as sam_update,
+    on the micro-batches each rank's sampler gave it, including the update every rank skips."""
+    rcs, log = _launch(tmp_path, timeout=180, worker=TRAINER_WORKER_PATH)
+    if rcs is not None and any(rcs) and "address already in use" in log.lower():
+        rcs, log = _launch(tmp_path, timeout=180, worker=TRAINER_WORKER_PATH)
+    assert rcs is not None and not any(rcs), f"workers failed (rcs={rcs}):\n{log}"
+    res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(W.WORLD)]
+    assert not torch.equal(res[0]["batches"][0][0], res[1]["batches"][0][0])  # the ranks saw different data
+    for n, p in res[0]["params"].items():
+        assert torch.equal(p, res[1]["params"][n]), n
+    sim, sim_losses, sim_grads = simulate(per_replica=True, batches=lambda step, r: res[r]["batches"][step],
+                                          weight_decay=0.0)
+    assert len(res[0]["grads"]) == len(sim_grads) == W.STEPS - 1  # the poisoned update was skipped
+    for step, (got, want) in enumerate(zip(res[0]["grads"], sim_grads)):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4, msg=lambda s: f"update {step}: {s}")
+    for n, p in res[0]["params"].items():
+        torch.testing.assert_close(p, sim[n], atol=1e-5, rtol=0, msg=lambda s: f"{n}: {s}")
+    # the Trainer logs pass 1's loss averaged over ranks (at the poisoned update its NaN filter steps in)
+    assert len(res[0]["losses"]) == W.STEPS
+    for step, got in enumerate(res[0]["losses"]):
+        want = sum(sim_losses[r][step] for r in range(W.WORLD)) / W.WORLD
+        assert step == W.POISONED[0] or abs(got - want) < 1e-5, (step, got, want)
+    glob, _, _ = simulate(per_replica=False, batches=lambda step, r: res[r]["batches"][step], weight_decay=0.0)
+    assert max(float((res[0]["params"][n] - glob[n]).abs().max()) for n in glob) > 1e-4

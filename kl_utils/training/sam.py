@@ -69,6 +69,7 @@ class SAM(torch.optim.Optimizer):
         self._link()
         self.every_k = every_k
         self.n_updates = 0  # drives every_k; saved in state_dict
+        self.last_grad_norm = float("nan")
         self._perturbed: list[tuple[list, list]] = []  # (params, old weights) of the current step
         self._old: dict[torch.Tensor, torch.Tensor] = {}  # persistent backup buffers
 
@@ -107,6 +108,7 @@ class SAM(torch.optim.Optimizer):
         if self._perturbed:
             raise RuntimeError("first_step called twice without second_step")
         norm = self._grad_norm(scaled=True).item()  # the one host sync of this step
+        self.last_grad_norm = norm  # ||g|| (||T_w g|| for ASAM) of this update, for logging
         if not (math.isfinite(norm) and norm > _MIN_NORM):
             warnings.warn(f"SAM: gradient norm is {norm}; perturbation skipped", RuntimeWarning)
             if zero_grad:
