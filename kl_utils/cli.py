@@ -33,6 +33,7 @@ VERBS = {
     "report": ("kl_utils.reporting.report", [], "write claims.csv and REPORT.md of a profile"),
     "bench": ("kl_utils.tools.bench", [], "speed benchmarks"),
     "documents": ("kl_utils.data.documents", [], "validate or convert a document dataset (validate | convert)"),
+    "augment": ("kl_utils.augment.document_variants", [], "formatted variants of documents, with the fact audit"),
     "gpu-check": ("kl_utils.tools.paper", ["gpu-check"], "throughput, MFU and peak memory of a profile's CPT update on GPU"),
 }
 
@@ -62,8 +63,8 @@ def main(argv=None) -> int:
     # argparse's prog in usage lines and errors (a module with subcommands, gpu-check, adds the verb itself)
     subcommand = before and not before[0].startswith("-")
     argv0, sys.argv[0] = sys.argv[0], "python -m kl_utils" + ("" if subcommand else f" {args.verb}")
-    try:  # kl_utils.data.documents reads no profile and has its own one-line errors and --debug
-        return run(rest) if args.verb == "documents" else entry(run, rest)
+    try:  # documents and augment read no profile and have their own one-line errors and --debug
+        return run(rest) if args.verb in ("documents", "augment") else entry(run, rest)
     except SystemExit as stop:  # argparse in the module (--help, a usage error)
         if isinstance(stop.code, str):
             print(stop.code, file=sys.stderr)

@@ -20,6 +20,8 @@ def test_help_of_each_verb_is_its_modules(verb, capsys):
     assert out.startswith("usage:") and "--help" in out
     if verb == "documents":
         assert "validate" in out and "convert" in out
+    elif verb == "augment":
+        assert "--protect-field" in out and "--k" in out
     elif verb not in ("bench",):
         assert "--profile" in out
 

@@ -287,15 +287,20 @@ def convert(src, out, format: str = "auto", splits: dict | None = None) -> dict:
     """Any supported input -> one generic JSONL file. Everything is read and validated before a
     byte is written; the file is written atomically with the permissions of any new file (umask).
     Returns the report (layout, grouping, cleaning, repairs, counts, verbatim answers)."""
-    from kl_utils.core.records import atomic_write_text
     out = check_output(out)
     records, report = read_documents(src, format, splits)
-    try:
-        atomic_write_text(out, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
-    except OSError as e:
-        raise DocumentFormatError(out, None, None, f"cannot be written: {e.strerror or e}", "a writable path") from None
+    write_jsonl(out, records)
     report["output"] = str(out)
     return report
+
+
+def write_jsonl(out: Path, rows: list[dict]) -> None:
+    """One JSON object per line, written atomically; a failed write is a DocumentFormatError naming the file."""
+    from kl_utils.core.records import atomic_write_text
+    try:
+        atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    except OSError as e:
+        raise DocumentFormatError(out, None, None, f"cannot be written: {e.strerror or e}", "a writable path") from None
 
 
 def main(argv=None) -> int:
@@ -315,13 +320,21 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error (or the help)
         return e.code if isinstance(e.code, int) else 2
+    reports = []
+    code = one_line_errors(lambda: reports.append(read_documents(args.src, args.format)[1] if args.cmd == "validate"
+                                                  else convert(args.src, args.out, args.format)), args.debug)
+    if not code:
+        print(json.dumps(reports[0], indent=1))
+    return code
+
+
+def one_line_errors(action, debug: bool = False) -> int:
+    """Run action(): 0; a DocumentFormatError is one line on stderr, exit code 1 (debug: with the traceback);
+    Ctrl-C is "interrupted", 130. The document CLIs' (documents, augment) error convention."""
     try:
-        if args.cmd == "validate":
-            report = read_documents(args.src, args.format)[1]
-        else:
-            report = convert(args.src, args.out, args.format)
+        action()
     except DocumentFormatError as e:
-        if args.debug:
+        if debug:
             import traceback
             traceback.print_exc()
         print(e, file=sys.stderr)
@@ -329,7 +342,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(report, indent=1))
     return 0
 
 
