@@ -115,12 +115,15 @@ def test_llm_bench_runs_at_one_update(smollm2, monkeypatch, tmp_path):
     out = bench_llm.run(steps=1, rounds=1, verbose=False)
     native = precision.cpu_native_bf16()
     assert out["llm_precision"] == ("bf16" if native else "fp32") and out["details"]["native_bf16"] is native
-    ratios = ["llm_train_over_hf_trainer", "llm_sam_over_adamw"] + (["llm_bf16_over_fp32"] if native else [])
+    ratios = ["llm_train_over_hf_trainer", "llm_sam_over_adamw", "llm_sam_trainer_over_hf_trainer",
+              "llm_sam_trainer_over_ours_sam", "llm_sam_trainer_every2_over_hf_trainer",
+              "llm_sam_trainer_every4_over_hf_trainer"] + (["llm_bf16_over_fp32"] if native else [])
     for key in ratios:
         assert 0 < out[key] < 100 and math.isfinite(out[key]), (key, out[key])
     if not native:
         assert out["llm_bf16_over_fp32"] == out["matmul_gflops_bf16"] == bench_llm.NO_NATIVE_BF16
-        assert set(out["details"]["seconds"]) == {"ours_fp32", "hf_trainer_fp32", "ours_sam_fp32"}
+        assert set(out["details"]["seconds"]) == {"ours_fp32", "hf_trainer_fp32", "ours_sam_fp32", "sam_trainer_k1_fp32",
+                                                  "sam_trainer_k2_fp32", "sam_trainer_k4_fp32"}
     for p in ("fp32", "bf16") if native else ("fp32",):
         assert out[f"matmul_gflops_{p}"] > 1 and 0 < out[f"llm_step_matmul_fraction_{p}"] <= 1, p
     assert out["details"]["labelled_tokens"]["hf"] > 0
@@ -128,7 +131,8 @@ def test_llm_bench_runs_at_one_update(smollm2, monkeypatch, tmp_path):
 
 def test_bench_variants_follow_native_bf16():
     from kl_utils.tools import bench_llm
-    assert bench_llm.variants(True) == ("ours_bf16", "hf_trainer_bf16", "ours_fp32", "ours_sam_bf16")
+    assert bench_llm.variants(True) == ("ours_bf16", "hf_trainer_bf16", "ours_fp32", "ours_sam_bf16", "sam_trainer_k1_bf16",
+                                        "sam_trainer_k2_bf16", "sam_trainer_k4_bf16")
     assert all(v.endswith("_fp32") for v in bench_llm.variants(False))
     assert bench_llm._stage_cfg({"cpt": {"epochs": 3, "mixed_precision": "bf16"}}, "ours_sam_fp32", 2) == {
         "max_steps": 2, "mixed_precision": "no", "optimizer": "sam", "rho": 0.05}

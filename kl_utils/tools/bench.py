@@ -289,7 +289,7 @@ def main(argv=None) -> dict:
         from kl_utils.tools import bench_llm
         llm = bench_llm.run()
         figures.update({k: v for k, v in llm.items() if k.startswith(("matmul_", "llm_step_", "llm_precision"))
-                        or k.endswith(("_over_hf_trainer", "_over_adamw", "_over_fp32"))})
+                        or k.endswith(("_over_hf_trainer", "_over_adamw", "_over_fp32", "_over_ours_sam"))})
         extra["llm"] = llm
     if args.packing_check:
         extra["packing_check"] = packing_check()

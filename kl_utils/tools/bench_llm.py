@@ -11,6 +11,9 @@ says so instead of spending 20 minutes on it):
 - ours (train.train as cpu-llm runs it: packed batches, LM head on labelled positions only, fused
   AdamW) against Hugging Face `Trainer` (padded batches, its default fused AdamW): labelled tokens/s;
 - SAM / AdamW: seconds per update of the same loop with `optimizer: sam` (two forward-backwards);
+- SAMTrainer (kl_utils.training.sam_trainer) against the plain `Trainer` with AdamW (SAM's physical cost is
+  two passes: how close to 2.0x it is) and against our SAM loop, and with `sam_every_k` = 2 and 4
+  ((k+1)/k passes: 1.5x and 1.25x ideally);
 - bf16 / fp32: the speed-up of bf16 autocast over float32 (native bf16 only);
 - the host's large-matmul rate (2048^3, one thread) in each precision it runs natively, and our
   training step's FLOP rate as a fraction of it: the CPU's equivalent of MFU, comparable across hosts.
@@ -39,9 +42,15 @@ NO_NATIVE_BF16 = "no native bf16 on this CPU"
 
 def variants(native_bf16: bool) -> tuple[str, ...]:
     """The timed variants: in bf16 with fp32 beside it where bf16 is native, in fp32 alone elsewhere."""
+    p = "bf16" if native_bf16 else "fp32"
+    sam_trainer = tuple(f"sam_trainer_k{k}_{p}" for k in SAM_TRAINER_EVERY_K)
     if native_bf16:
-        return ("ours_bf16", "hf_trainer_bf16", "ours_fp32", "ours_sam_bf16")
-    return ("ours_fp32", "hf_trainer_fp32", "ours_sam_fp32")
+        return ("ours_bf16", "hf_trainer_bf16", "ours_fp32", "ours_sam_bf16") + sam_trainer
+    return ("ours_fp32", "hf_trainer_fp32", "ours_sam_fp32") + sam_trainer
+
+
+SAM_TRAINER_EVERY_K = (1, 2, 4)
+SAM_RHO = 0.05
 
 
 def _model(cfg):
@@ -54,7 +63,7 @@ def _stage_cfg(cfg: dict, variant: str, steps: int) -> dict:
     c["max_steps"] = steps
     c["mixed_precision"] = "bf16" if variant.endswith("_bf16") else "no"
     if variant.startswith("ours_sam"):
-        c.update(optimizer="sam", rho=0.05)
+        c.update(optimizer="sam", rho=SAM_RHO)
     return c
 
 
@@ -91,9 +100,10 @@ def _run(steps: int, rounds: int, verbose: bool, native_bf16: bool | None) -> di
         for rnd in range(rounds):
             for v in (timed if rnd % 2 == 0 else timed[::-1]):
                 model = _model(cfg)
-                if v.startswith("hf_trainer"):
+                if v.startswith(("hf_trainer", "sam_trainer")):
+                    sam = {"rho": SAM_RHO, "every_k": int(v.split("_")[2][1:])} if v.startswith("sam_") else None
                     n, s = hf_trainer_run(model, docs, _stage_cfg(cfg, v, steps), steps, tok.pad_token_id, 0, tmp,
-                                           bf16=v.endswith("_bf16"))
+                                           bf16=v.endswith("_bf16"), sam=sam)
                     useful["hf"] = n
                 else:
                     t0 = time.perf_counter()
@@ -112,6 +122,10 @@ def _run(steps: int, rounds: int, verbose: bool, native_bf16: bool | None) -> di
     figures = {"llm_precision": head, "llm_train_tokens_per_s": tps_ours, "llm_hf_trainer_tokens_per_s": tps_hf,
                "llm_train_over_hf_trainer": tps_ours / tps_hf,
                "llm_sam_over_adamw": med[f"ours_sam_{head}"] / med[f"ours_{head}"],
+               "llm_sam_trainer_over_hf_trainer": med[f"sam_trainer_k1_{head}"] / med[f"hf_trainer_{head}"],
+               "llm_sam_trainer_over_ours_sam": med[f"sam_trainer_k1_{head}"] / med[f"ours_sam_{head}"],
+               **{f"llm_sam_trainer_every{k}_over_hf_trainer": med[f"sam_trainer_k{k}_{head}"] / med[f"hf_trainer_{head}"]
+                  for k in SAM_TRAINER_EVERY_K[1:]},
                "llm_bf16_over_fp32": med["ours_fp32"] / med["ours_bf16"] if native else NO_NATIVE_BF16,
                **{f"matmul_gflops_{p}": r for p, r in rates.items()},
                **({} if native else {"matmul_gflops_bf16": NO_NATIVE_BF16}),
