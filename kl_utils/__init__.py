@@ -6,9 +6,9 @@ in this list (tests/test_import_graph.py checks it, and that there is no import 
 
   core/       paths, run records (atomic writes, provenance), config hashing, command-line errors, loading by folder or hub id
   data/       people and the bioS generator, documents and their formats, tokenizer, datasets
-  augment/    sentence segmentation, formatting families (facts protected), rewriting baselines, audit
+  augment/    sentence segmentation, formatting families (facts protected), rewriting baselines, audit, datasets map / CLI
   config/     profiles: the schema (keys, defaults, checks), loading, arms and run ids
-  training/   model factory, pretrained models, batching, training loop, SAM, evaluation
+  training/   model factory, pretrained models, batching, training loop, SAM (and in the HF Trainer), evaluation
   protocol/   one run (experiment), the grid runner, the plan of a profile, predictions
   analysis/   C1 probe, C2 diversity, sharpness, statistics, per-arm tables: measure and record
   reporting/  claims and their verdicts, figures, tables, REPORT.md, reproduction comparison

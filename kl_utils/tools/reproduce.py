@@ -37,12 +37,18 @@ KERNEL = "kl-study"
 QUIET = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 
 
+# Notebooks for the methods on a user's own documents: no profile, their own parameters and committed run;
+# nbval runs them (make test), `make reproduce` does not.
+USER_NOTEBOOKS = ("08_your_documents.ipynb",)
+
+
 def notebooks(cfg: dict | None = None) -> list[Path]:
-    """The notebooks of a profile, in order: all of them, or those whose number is in the profile's
+    """The study notebooks of a profile, in order: all of them, or those whose number is in the profile's
     `notebooks:` list (cpu-llm leaves out the C2 sweep and the sharpness of saved checkpoints,
     which it covers with arms or does not keep checkpoints for)."""
     wanted = (cfg or {}).get("notebooks")
-    return [nb for nb in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")) if wanted is None or int(nb.name[:2]) in wanted]
+    return [nb for nb in sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+            if nb.name not in USER_NOTEBOOKS and (wanted is None or int(nb.name[:2]) in wanted)]
 
 
 def read_profiles(cfg: dict) -> list[str]:
